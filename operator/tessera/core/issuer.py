@@ -1,0 +1,94 @@
+"""The issuer's signing keys: created once, serialised into one Secret, published as a JWKS.
+
+The key set is a tuple of :class:`IssuerKey`, each with the moment it may start signing. A key is
+published (in the JWKS) from its creation, but signs only from ``signs_from``, so verifiers have
+it before they meet a token it signed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+from tessera import errors
+from tessera.crypto import keys
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuerKey:
+    kid: str
+    private_key: keys.PrivateKey = dataclasses.field(repr=False)
+    created_at: datetime.datetime
+    signs_from: datetime.datetime
+
+    @property
+    def algorithm(self) -> keys.Algorithm:
+        return keys.algorithm_for(self.public_key)
+
+    @property
+    def public_key(self) -> keys.PublicKey:
+        return keys.public_of(self.private_key)
+
+    @classmethod
+    def generate(cls, algorithm: keys.Algorithm, now: datetime.datetime, signs_from: datetime.datetime) -> IssuerKey:
+        private = keys.generate(algorithm)
+        return cls(keys.thumbprint(keys.public_of(private)), private, now, signs_from)
+
+
+KeySet = tuple[IssuerKey, ...]
+
+
+def initial(algorithm: keys.Algorithm, now: datetime.datetime) -> KeySet:
+    """The first key signs at once: no verifier can hold an older bundle that lacks it."""
+    return (IssuerKey.generate(algorithm, now, now),)
+
+
+def signing_key(keyset: KeySet, now: datetime.datetime) -> IssuerKey:
+    """The newest key allowed to sign at ``now``."""
+    usable = [k for k in keyset if k.signs_from <= now]
+    if not usable:
+        raise errors.ConfigError("no issuer key may sign yet")
+    return max(usable, key=lambda k: (k.signs_from, k.kid))
+
+
+def jwks(keyset: KeySet) -> dict[str, Any]:
+    """Public keys only, sorted by kid so unchanged keys serialise identically."""
+    return {"keys": [keys.public_jwk(k.public_key, k.kid) for k in sorted(keyset, key=lambda k: k.kid)]}
+
+
+def dumps(keyset: KeySet) -> str:
+    entries = [
+        {
+            "kid": k.kid,
+            "privateKeyPem": keys.private_pem(k.private_key),
+            "createdAt": k.created_at.isoformat(),
+            "signsFrom": k.signs_from.isoformat(),
+        }
+        for k in sorted(keyset, key=lambda k: k.kid)
+    ]
+    return json.dumps({"version": FORMAT_VERSION, "keys": entries}, sort_keys=True)
+
+
+def loads(text: str) -> KeySet:
+    """Parse the Secret's content; errors name the problem, never the key material."""
+    try:
+        data = json.loads(text)
+        entries = data["keys"]
+        keyset = tuple(
+            IssuerKey(
+                kid=e["kid"],
+                private_key=keys.load_private_pem(e["privateKeyPem"]),
+                created_at=datetime.datetime.fromisoformat(e["createdAt"]),
+                signs_from=datetime.datetime.fromisoformat(e["signsFrom"]),
+            )
+            for e in entries
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise errors.KeyMaterialError(f"the issuer key set is malformed ({type(exc).__name__})") from exc
+    if not keyset:
+        raise errors.KeyMaterialError("the issuer key set is empty")
+    return keyset

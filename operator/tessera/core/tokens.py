@@ -1,0 +1,151 @@
+"""What to do with a ServiceAccount's token: keep it, issue a new one, or withdraw it.
+
+The decision is a list of named predicates evaluated in order (the first that fires wins), from
+the spec, the token last written (read back from its Secret's annotations) and ``now``. Refreshes
+fall between 70 % and 80 % of the TTL, spread by a hash of the account's uid so that a thousand
+accounts created together do not refresh together; the spread is deterministic, so re-planning
+gives the same answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+from typing import Any
+
+from tessera.api import serviceaccount as sa_api
+from tessera.core import issuer, settings
+
+REFRESH_FRACTION = 0.8
+JITTER_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedToken:
+    """Non-secret facts about the token currently in the Secret."""
+
+    issued_at: datetime.datetime
+    expires_at: datetime.datetime
+    refresh_at: datetime.datetime
+    key_id: str
+    inputs: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    reason: str
+    message: str
+    claims: dict[str, Any]
+    key: issuer.IssuerKey
+    facts: ObservedToken
+
+
+@dataclasses.dataclass(frozen=True)
+class Keep:
+    reason: str
+    message: str
+    facts: ObservedToken
+
+
+@dataclasses.dataclass(frozen=True)
+class Withdraw:
+    reason: str
+    message: str
+
+
+Decision = Issue | Keep | Withdraw
+
+
+def inputs_digest(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> str:
+    """A digest of everything a token's claims depend on besides time; a change forces a new token."""
+    material = {
+        "iss": cfg.issuer,
+        "aud": audiences(sa, cfg),
+        "ttl": sa.spec.token.ttl_seconds,
+        "cidrs": sorted(sa.spec.allowed_cidrs),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def audiences(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> list[str]:
+    return sorted(sa.spec.token.audiences) or [cfg.default_audience]
+
+
+def refresh_at(uid: str, issued_at: datetime.datetime, ttl_seconds: int) -> datetime.datetime:
+    """Between 70 % and 80 % of the lifetime, spread by uid and issue time."""
+    spread = int.from_bytes(hashlib.sha256(f"{uid}/{issued_at.isoformat()}".encode()).digest()[:4], "big")
+    jitter = (spread / 2**32) * JITTER_FRACTION * ttl_seconds
+    return issued_at + datetime.timedelta(seconds=REFRESH_FRACTION * ttl_seconds - jitter)
+
+
+def claims(
+    sa: sa_api.ServiceAccount, cfg: settings.Settings, key: issuer.IssuerKey, now: datetime.datetime
+) -> dict[str, Any]:
+    """RFC 9068 access-token claims for the account, issued at ``now`` (whole seconds)."""
+    iat = int(now.timestamp())
+    aud = audiences(sa, cfg)
+    jti = hashlib.sha256(f"{sa.metadata.uid}/{iat}/{key.kid}".encode()).hexdigest()[:32]
+    body: dict[str, Any] = {
+        "iss": cfg.issuer,
+        "sub": sa.subject,
+        "aud": aud[0] if len(aud) == 1 else aud,
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + sa.spec.token.ttl_seconds,
+        "jti": jti,
+        "client_id": sa.subject,
+    }
+    if sa.spec.allowed_cidrs:
+        body["cidrs"] = sorted(sa.spec.allowed_cidrs)
+    return body
+
+
+Reason = tuple[str, str]
+
+
+def reissue_reason(
+    observed: ObservedToken, keyset: issuer.KeySet, inputs: str, now: datetime.datetime
+) -> Reason | None:
+    """Why the current token must be replaced, first match wins; None keeps it."""
+    checks: tuple[tuple[bool, str, str], ...] = (
+        (observed.inputs != inputs, "TokenReissued", "the token settings changed; a new token was issued"),
+        (
+            observed.key_id not in {k.kid for k in keyset},
+            "TokenReissued",
+            "the signing key was retired; a new token was issued",
+        ),
+        (now >= observed.refresh_at, "TokenRefreshed", "the token was refreshed before expiry"),
+    )
+    return next(((reason, message) for fired, reason, message in checks if fired), None)
+
+
+def decide(
+    sa: sa_api.ServiceAccount,
+    observed: ObservedToken | None,
+    keyset: issuer.KeySet,
+    cfg: settings.Settings,
+    now: datetime.datetime,
+) -> Decision:
+    """Keep, issue or withdraw the account's token; see the module docstring for the order."""
+    if sa.spec.disabled:
+        return Withdraw("Disabled", "the account is disabled: no token is issued")
+    inputs = inputs_digest(sa, cfg)
+    found: Reason = ("TokenIssued", "a token was issued")
+    if observed is not None:
+        why = reissue_reason(observed, keyset, inputs, now)
+        if why is None:
+            return Keep("TokenIssued", "the token is current", observed)
+        found = why
+    key = issuer.signing_key(keyset, now)
+    body = claims(sa, cfg, key, now)
+    issued = datetime.datetime.fromtimestamp(body["iat"], datetime.UTC)
+    facts = ObservedToken(
+        issued_at=issued,
+        expires_at=datetime.datetime.fromtimestamp(body["exp"], datetime.UTC),
+        refresh_at=refresh_at(sa.metadata.uid or sa.name, issued, sa.spec.token.ttl_seconds),
+        key_id=key.kid,
+        inputs=inputs,
+    )
+    return Issue(found[0], found[1], body, key, facts)

@@ -1,0 +1,234 @@
+"""Control-plane binaries for tests: found, or built once from the Go module proxy and cached.
+
+What controller-runtime's envtest downloads, Tessera builds, because these machines reach only
+package registries. ``k8s.io/kubernetes`` cannot be ``go install``-ed (its staging modules are
+``replace``-d to local folders), so a throwaway module requires it and replaces every staging
+module with the published ``v0.X.Y``; the list of staging modules is read from the release's own
+``go.mod``, not hard-coded. etcd is built the same way because Debian's 3.4 is too old for
+Kubernetes 1.31+ (watch progress requests need 3.5.13+).
+
+Order of precedence: ``KUBEBUILDER_ASSETS`` (a folder holding the binaries, as Kubernetes
+developers already use), then the cache (``$TESSERA_CACHE`` or ``~/.cache/tessera``), then a build.
+Versions are pinned here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.34.4"
+ETCD_VERSION = "v3.5.35"
+HELM_VERSION = "v3.19.0"
+
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+REQUIRED = ("kube-apiserver", "etcd", "kubectl")
+
+
+class AssetError(RuntimeError):
+    """A control-plane binary could not be found or built."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Assets:
+    """Paths of the control-plane binaries."""
+
+    directory: Path
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def has_controller_manager(self) -> bool:
+        return self.path("kube-controller-manager").is_file()
+
+
+def cache_root() -> Path:
+    env = os.environ.get("TESSERA_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tessera"
+
+
+def control_plane_dir() -> Path:
+    return cache_root() / "control-plane" / f"{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
+
+
+def tools_dir() -> Path:
+    return cache_root() / "tools"
+
+
+def _complete(directory: Path, names: tuple[str, ...]) -> bool:
+    return all((directory / name).is_file() for name in names)
+
+
+def find() -> Assets | None:
+    """Return usable binaries without building, or None."""
+    explicit = os.environ.get("KUBEBUILDER_ASSETS")
+    if explicit:
+        directory = Path(explicit)
+        if not _complete(directory, REQUIRED):
+            missing = [n for n in REQUIRED if not (directory / n).is_file()]
+            raise AssetError(f"KUBEBUILDER_ASSETS={explicit} lacks {', '.join(missing)}")
+        return Assets(directory)
+    cached = control_plane_dir()
+    if _complete(cached, (*REQUIRED, "kube-controller-manager")):
+        return Assets(cached)
+    return None
+
+
+def ensure() -> Assets:
+    """Return usable binaries, building them into the cache when absent."""
+    found = find()
+    if found is not None:
+        return found
+    return build()
+
+
+def _go_env() -> dict[str, str]:
+    if shutil.which("go") is None:
+        raise AssetError("the 'go' toolchain is not on PATH; it is needed once to build the control plane")
+    env = dict(os.environ)
+    env.update({"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"})
+    return env
+
+
+def _log(message: str) -> None:
+    print(f"[control-plane] {message}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise AssetError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def _build_with_progress(cmd: list[str], cwd: Path, env: dict[str, str], label: str) -> None:
+    """Run ``go build -v`` and report every fiftieth package compiled, so a long build shows life."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    count = 0
+    for line in proc.stdout:
+        tail = [*tail, line.rstrip()][-40:]
+        if re.match(r"^[\w.\-]+(/[\w.\-~]+)+$", line.strip()):
+            count += 1
+            if count % 50 == 0:
+                _log(f"{label}: {count} packages compiled, {time.monotonic() - started:.0f}s")
+    if proc.wait() != 0:
+        raise AssetError(f"building {label} failed:\n" + "\n".join(tail))
+    _log(f"{label}: built in {time.monotonic() - started:.0f}s ({count} packages)")
+
+
+def staging_replacements(kubernetes_go_mod: str, version: str) -> list[str]:
+    """``replace`` lines mapping each staging module of k8s.io/kubernetes to its published v0.X.Y."""
+    minor_patch = version.removeprefix("v1.")
+    modules = sorted(set(re.findall(r"^\s*(k8s\.io/[\w.\-/]+)\s+=>\s+\./staging/", kubernetes_go_mod, re.M)))
+    if not modules:
+        raise AssetError("no staging replace directives found in k8s.io/kubernetes go.mod")
+    return [f"replace {m} => {m} v0.{minor_patch}" for m in modules]
+
+
+def _godebug_block(kubernetes_go_mod: str) -> str:
+    match = re.search(r"^godebug\s+(\(.*?\)|[^\n]+)", kubernetes_go_mod, re.M | re.S)
+    return match.group(0) if match else ""
+
+
+def _version_ldflags(version: str) -> str:
+    major, minor = version.removeprefix("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
+
+
+def build_kubernetes(out: Path) -> None:
+    env = _go_env()
+    work = cache_root() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    _log(f"downloading k8s.io/kubernetes@{KUBERNETES_VERSION} through the Go module proxy")
+    info = json.loads(_run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], work, env))
+    upstream = Path(info["GoMod"]).read_text()
+    go_line = re.search(r"^go\s+\S+", upstream, re.M)
+    lines = [
+        "module tessera.dev/control-plane-build",
+        "",
+        go_line.group(0) if go_line else "go 1.24",
+        _godebug_block(upstream),
+        "",
+        f"require k8s.io/kubernetes {KUBERNETES_VERSION}",
+        "",
+        *staging_replacements(upstream, KUBERNETES_VERSION),
+        "",
+    ]
+    (work / "go.mod").write_text("\n".join(lines))
+    (work / "go.sum").touch()
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(out) + "/"]
+    _build_with_progress(cmd + [f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS], work, env, "kubernetes")
+
+
+def build_etcd(out: Path) -> None:
+    env = _go_env()
+    work = cache_root() / "build" / f"etcd-{ETCD_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module tessera.dev/etcd-build\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n"
+    )
+    (work / "go.sum").touch()
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"]
+    _build_with_progress(cmd, work, env, "etcd")
+
+
+def build() -> Assets:
+    """Build kube-apiserver, kube-controller-manager, kubectl and etcd into the cache."""
+    out = control_plane_dir()
+    staging = out.with_name(out.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    _log(f"building Kubernetes {KUBERNETES_VERSION} and etcd {ETCD_VERSION} into {out} (cold: 10-20 min)")
+    started = time.monotonic()
+    if not (staging / "etcd").is_file():
+        build_etcd(staging)
+    if not _complete(staging, KUBE_COMMANDS):
+        build_kubernetes(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    _log(f"control plane ready in {time.monotonic() - started:.0f}s: {out}")
+    return Assets(out)
+
+
+def ensure_helm() -> Path:
+    """Return a helm binary: on PATH at the pinned version's major, or built into the cache."""
+    target = tools_dir() / f"helm-{HELM_VERSION}" / "helm"
+    if target.is_file():
+        return target
+    env = _go_env()
+    work = cache_root() / "build" / f"helm-{HELM_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module tessera.dev/helm-build\n\ngo 1.24\n\nrequire helm.sh/helm/v3 {HELM_VERSION}\n"
+    )
+    (work / "go.sum").touch()
+    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    partial = target.with_name("helm.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(partial), "helm.sh/helm/v3/cmd/helm"]
+    _build_with_progress(cmd, work, env, "helm")
+    partial.rename(target)
+    return target

@@ -1,0 +1,30 @@
+"""Start the operator the way ``tessera operator`` does: settings from the environment, then Kopf."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import kopf
+
+from tessera.core import settings as core_settings
+from tessera.operator import handlers
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = core_settings.Settings.from_env()
+    if args.namespace:
+        cfg = dataclasses.replace(cfg, namespace=args.namespace)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, cfg)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.run(
+        registry=registry,
+        memo=kopf.Memo(cfg=cfg),
+        clusterwide=not args.watch_namespace,
+        namespaces=args.watch_namespace,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0

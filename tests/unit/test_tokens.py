@@ -1,0 +1,109 @@
+"""Token decisions: issue, keep, refresh, reissue on change, withdraw; claims and refresh spread."""
+
+from __future__ import annotations
+
+import datetime
+
+import jwt
+import pytest
+
+from tessera.api import serviceaccount as sa_api
+from tessera.core import issuer, secrets, settings, tokens
+from tessera.crypto import keys
+from tessera.crypto import tokens as crypto_tokens
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, 0, tzinfo=datetime.UTC)
+CFG = settings.Settings(namespace="tessera-system", issuer="https://issuer.test", default_audience="tessera")
+KEYSET = issuer.initial("ES256", NOW)
+
+
+def make_sa(**spec: object) -> sa_api.ServiceAccount:
+    return sa_api.ServiceAccount.model_validate(
+        {"metadata": {"name": "billing", "namespace": "shop", "uid": "u-1", "generation": 1}, "spec": spec}
+    )
+
+
+def issue(sa: sa_api.ServiceAccount, now: datetime.datetime = NOW) -> tokens.Issue:
+    decision = tokens.decide(sa, None, KEYSET, CFG, now)
+    assert isinstance(decision, tokens.Issue)
+    return decision
+
+
+def test_first_decision_issues_rfc9068_claims() -> None:
+    decision = issue(make_sa())
+    claims = decision.claims
+    assert decision.reason == "TokenIssued"
+    assert claims["iss"] == "https://issuer.test"
+    assert claims["sub"] == "urn:tessera:serviceaccount:shop:billing" == claims["client_id"]
+    assert claims["aud"] == "tessera"
+    assert claims["exp"] - claims["iat"] == sa_api.DEFAULT_TTL_SECONDS
+    assert len(claims["jti"]) == 32 and "cidrs" not in claims
+
+
+def test_signed_token_verifies_with_the_published_jwks() -> None:
+    decision = issue(make_sa(token={"audiences": ["billing-api", "ledger"]}, allowedCIDRs=["10.0.0.0/8"]))
+    token = crypto_tokens.sign(decision.claims, decision.key.private_key, decision.key.kid)
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "ES256", "kid": decision.key.kid, "typ": "at+jwt"}
+    [jwk] = issuer.jwks(KEYSET)["keys"]
+    public = keys.load_jwk(jwk)
+    body = jwt.decode(
+        token,
+        public,
+        algorithms=["ES256"],
+        audience="ledger",
+        issuer="https://issuer.test",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
+    assert body["aud"] == ["billing-api", "ledger"] and body["cidrs"] == ["10.0.0.0/8"]
+
+
+def test_current_token_is_kept_until_refresh_then_refreshed() -> None:
+    sa = make_sa(token={"ttlSeconds": 600})
+    facts = issue(sa).facts
+    assert NOW + datetime.timedelta(seconds=420) <= facts.refresh_at <= NOW + datetime.timedelta(seconds=480)
+    kept = tokens.decide(sa, facts, KEYSET, CFG, facts.refresh_at - datetime.timedelta(seconds=1))
+    assert isinstance(kept, tokens.Keep)
+    due = tokens.decide(sa, facts, KEYSET, CFG, facts.refresh_at)
+    assert isinstance(due, tokens.Issue) and due.reason == "TokenRefreshed"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"token": {"ttlSeconds": 120}}, {"token": {"audiences": ["other"]}}, {"allowedCIDRs": ["192.168.0.0/16"]}],
+)
+def test_changed_settings_reissue_at_once(change: dict[str, object]) -> None:
+    facts = issue(make_sa()).facts
+    decision = tokens.decide(make_sa(**change), facts, KEYSET, CFG, NOW + datetime.timedelta(seconds=1))
+    assert isinstance(decision, tokens.Issue) and decision.reason == "TokenReissued"
+
+
+def test_token_signed_by_a_retired_key_is_replaced() -> None:
+    facts = issue(make_sa()).facts
+    newer = issuer.initial("ES256", NOW)
+    decision = tokens.decide(make_sa(), facts, newer, CFG, NOW + datetime.timedelta(seconds=1))
+    assert isinstance(decision, tokens.Issue) and "retired" in decision.message
+
+
+def test_disabled_account_is_withdrawn_whatever_it_had() -> None:
+    facts = issue(make_sa()).facts
+    for observed in (None, facts):
+        decision = tokens.decide(make_sa(disabled=True), observed, KEYSET, CFG, NOW)
+        assert isinstance(decision, tokens.Withdraw) and decision.reason == "Disabled"
+
+
+def test_refreshes_of_many_accounts_are_spread_over_a_tenth_of_the_ttl() -> None:
+    moments = {tokens.refresh_at(f"uid-{i}", NOW, 1000) for i in range(1000)}
+    offsets = sorted((m - NOW).total_seconds() for m in moments)
+    assert offsets[0] >= 700 and offsets[-1] <= 800
+    assert offsets[-1] - offsets[0] > 90  # spread across the window, not bunched
+    assert tokens.refresh_at("uid-1", NOW, 1000) == tokens.refresh_at("uid-1", NOW, 1000)
+
+
+def test_token_facts_round_trip_through_secret_annotations() -> None:
+    decision = issue(make_sa())
+    manifest = secrets.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
+    assert secrets.observed_token(manifest["metadata"]["annotations"]) == decision.facts
+    assert secrets.observed_token({}) is None
+    assert set(secrets.token_annotation_keys()) == set(manifest["metadata"]["annotations"])
+    assert "header.payload.sig" not in str(manifest["metadata"])
