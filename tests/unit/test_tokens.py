@@ -107,3 +107,11 @@ def test_token_facts_round_trip_through_secret_annotations() -> None:
     assert secrets.observed_token({}) is None
     assert set(secrets.token_annotation_keys()) == set(manifest["metadata"]["annotations"])
     assert "header.payload.sig" not in str(manifest["metadata"])
+
+
+def test_newest_prefers_the_latest_issued_view() -> None:
+    first = issue(make_sa()).facts
+    later = issue(make_sa(), NOW + datetime.timedelta(minutes=5)).facts
+    assert tokens.newest(first, later) == later == tokens.newest(later, first)
+    assert tokens.newest(None, first) == first
+    assert tokens.newest(None, None) is None

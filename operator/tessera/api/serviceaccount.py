@@ -24,7 +24,7 @@ INFO = meta.KindInfo(
         *meta.READY_COLUMNS,
         meta.PrinterColumn("Subject", ".status.subject", priority=1, description="Subject URN in its tokens"),
         meta.PrinterColumn("Secret", ".status.secretName", description="Secret holding the current token"),
-        meta.PrinterColumn("Expires", ".status.tokenExpiresAt", type="date", description="When the token expires"),
+        meta.PrinterColumn("Expires", ".status.tokenExpiresAt", description="When the token expires (UTC)"),
         meta.PrinterColumn("Disabled", ".spec.disabled", type="boolean", priority=1),
         meta.AGE_COLUMN,
     ),

@@ -102,6 +102,12 @@ def claims(
     return body
 
 
+def newest(*candidates: ObservedToken | None) -> ObservedToken | None:
+    """The most recently issued of several views of the same token (the index may lag a write)."""
+    present = [c for c in candidates if c is not None]
+    return max(present, key=lambda c: c.issued_at) if present else None
+
+
 Reason = tuple[str, str]
 
 

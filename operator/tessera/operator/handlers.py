@@ -7,6 +7,7 @@ Secrets (selected by label, never a cluster-wide Secret cache), so a timer tick 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     settings.watching.server_timeout = 300
     cfg: core_settings.Settings = memo.cfg
     memo.kube = client.connect()
+    memo.locks, memo.written = {}, {}
     memo.keyset = await issuerkeys.load_or_create(memo.kube, cfg, utcnow())
     logger.info(
         "Loaded issuer keys %s from %s/%s",
@@ -63,17 +65,20 @@ async def serviceaccount_reconcile(
     **kwargs: Any,
 ) -> None:
     sa = sa_api.ServiceAccount.parse(body)
-    now = utcnow()
+    ref = (sa.namespace, sa.name)
     index: kopf.Index[tuple[str, str], tokens.ObservedToken | None] = kwargs["token_secrets_index"]
-    observed = next(iter(index.get((sa.namespace, sa.name), [])), None)
-    decision = tokens.decide(sa, observed, memo.keyset, memo.cfg, now)
-    try:
-        await _apply(memo.kube, sa, body, decision, observed is not None)
-    except errors.Conflict as exc:
-        _report_failure(body, patch, sa, "SecretNameTaken", str(exc), now)
-        raise kopf.PermanentError(str(exc)) from exc
-    except errors.KubeError as exc:
-        raise kopf.TemporaryError(f"{exc}; will retry", delay=TRANSIENT_DELAY) from exc
+    async with memo.locks.setdefault(ref, asyncio.Lock()):  # a timer tick may race an update
+        now = utcnow()
+        observed = tokens.newest(next(iter(index.get(ref, [])), None), memo.written.get(ref))
+        decision = tokens.decide(sa, observed, memo.keyset, memo.cfg, now)
+        try:
+            await _apply(memo.kube, sa, body, decision, observed is not None)
+        except errors.Conflict as exc:
+            _report_failure(body, patch, sa, "SecretNameTaken", str(exc), now)
+            raise kopf.PermanentError(str(exc)) from exc
+        except errors.KubeError as exc:
+            raise kopf.TemporaryError(f"{exc}; will retry", delay=TRANSIENT_DELAY) from exc
+        memo.written[ref] = None if isinstance(decision, tokens.Withdraw) else decision.facts
     new_status = status.serviceaccount_status(sa, decision, now)
     if status.needs_update(body.get("status"), new_status):
         patch.status.update(new_status)
@@ -83,6 +88,12 @@ async def serviceaccount_reconcile(
         )
     elif isinstance(decision, tokens.Withdraw):
         logger.info("Withdrew the token: %s", decision.message)
+
+
+async def serviceaccount_forget(memo: Any, namespace: str | None, name: str | None, **_: Any) -> None:
+    """Drop the per-account bookkeeping when an account is deleted (its Secret goes with it)."""
+    memo.locks.pop((namespace, name), None)
+    memo.written.pop((namespace, name), None)
 
 
 async def _apply(
@@ -107,6 +118,7 @@ def _report_failure(
 def register(registry: kopf.OperatorRegistry, cfg: core_settings.Settings) -> None:
     """Register every handler on ``registry`` with the settings' intervals."""
     resource = (meta.GROUP, meta.VERSION, sa_api.INFO.plural)
+    kopf.on.login(registry=registry)(kopf.login_via_client)  # a custom registry gets no default login
     kopf.on.startup(registry=registry)(operator_startup)
     kopf.index(
         "v1",
@@ -116,4 +128,11 @@ def register(registry: kopf.OperatorRegistry, cfg: core_settings.Settings) -> No
     )(token_secrets_index)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*resource, registry=registry, id="reconcile")(serviceaccount_reconcile)
-    kopf.timer(*resource, interval=cfg.refresh_check_seconds, registry=registry, id="refresh")(serviceaccount_reconcile)
+    kopf.timer(
+        *resource,
+        interval=cfg.refresh_check_seconds,
+        initial_delay=cfg.refresh_check_seconds,
+        registry=registry,
+        id="refresh",
+    )(serviceaccount_reconcile)
+    kopf.on.delete(*resource, registry=registry, optional=True, id="forget")(serviceaccount_forget)

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 
 import kopf
 
 from tessera.core import settings as core_settings
 from tessera.operator import handlers
+
+
+class QuietTimers(logging.Filter):
+    """Drop Kopf's per-tick "Timer ... succeeded" lines: a thousand accounts would log thousands a minute."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO and str(record.msg).startswith("Timer ") and "succeeded" in str(record.msg)
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, namespace=args.namespace)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, cfg)
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
+    logging.getLogger("kopf.objects").addFilter(QuietTimers())
     kopf.run(
         registry=registry,
         memo=kopf.Memo(cfg=cfg),
