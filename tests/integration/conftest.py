@@ -5,104 +5,27 @@ and a fresh namespace per test.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import http.client
 import os
-import socket
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import kubernetes
 import pytest
 
-from tessera.api import meta
 from tessera.envtest import assets, controlplane
-from tests import waiting
-
-ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
-EXAMPLES = ROOT / "examples"
-
-
-@dataclasses.dataclass(frozen=True)
-class Cluster:
-    kubeconfig: Path | None
-    kubectl_path: str
-    core: kubernetes.client.CoreV1Api
-    custom: kubernetes.client.CustomObjectsApi
-    api: kubernetes.client.ApiClient
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.kubeconfig is not None:
-            env["KUBECONFIG"] = str(self.kubeconfig)
-        return env
-
-    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The Secret as a dict (data still base64), or None when absent."""
-        try:
-            return self.to_dict(self.core.read_namespaced_secret(name, namespace))
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def secrets(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
-        listed = self.to_dict(self.core.list_namespaced_secret(namespace, label_selector=label_selector))
-        items: list[dict[str, Any]] = listed["items"]
-        return items
-
-    def configmap_data(self, namespace: str, name: str) -> dict[str, str]:
-        data: dict[str, str] = self.to_dict(self.core.read_namespaced_config_map(name, namespace)).get("data") or {}
-        return data
-
-    def custom_object(self, namespace: str, plural: str, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(meta.GROUP, meta.VERSION, namespace, plural, name)
-        assert isinstance(obj, dict)
-        return obj
-
-    def to_dict(self, obj: object) -> dict[str, Any]:
-        result: dict[str, Any] = self.api.sanitize_for_serialization(obj)
-        return result
-
-    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.kubectl_path, *args],
-            env=self.env(),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-        return result
-
-
-def _client(kubeconfig: Path | None) -> kubernetes.client.ApiClient:
-    api: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(
-        config_file=str(kubeconfig) if kubeconfig else None
-    )
-    return api
+from tests.harness import CRDS, Cluster, Operator, client_for, create_namespace, start_operator, stop_operator
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The local control plane; with TESSERA_USE_EXISTING_CLUSTER=1, the current kubeconfig context."""
     if os.environ.get("TESSERA_USE_EXISTING_CLUSTER") == "1":
-        api = _client(None)
+        api = client_for(None)
         yield Cluster(None, "kubectl", kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api), api)
         return
     plane = controlplane.ControlPlane(assets.ensure(), directory=tmp_path_factory.mktemp("control-plane"))
     try:
         info = plane.start()
-        api = _client(info.kubeconfig)
+        api = client_for(info.kubeconfig)
         yield Cluster(
             info.kubeconfig,
             str(info.kubectl),
@@ -119,69 +42,6 @@ def crds(cluster: Cluster) -> None:
     """Install the CRDs exactly as the README tells users to, and wait until they are served."""
     cluster.kubectl("apply", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclasses.dataclass
-class Operator:
-    namespace: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_operator(
-    cluster: Cluster, namespace: str, log_path: Path, extra_env: dict[str, str] | None = None
-) -> Operator:
-    """``tessera operator`` in a subprocess, ready once its liveness endpoint answers."""
-    port = free_port()
-    env = {**cluster.env(), "TESSERA_NAMESPACE": namespace, "TESSERA_REFRESH_CHECK_SECONDS": "2", **(extra_env or {})}
-    log = log_path.open("wb")
-    cmd = [sys.executable, "-m", "tessera.cli", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz"]
-    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    operator = Operator(namespace, log_path, process)
-
-    def alive_and_ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the operator exited with {process.returncode}:\n{operator.logs()[-4000:]}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return _published(cluster, namespace)
-        return False
-
-    waiting.until(alive_and_ready, timeout=60, what="the operator's liveness endpoint and published JWKS")
-    return operator
-
-
-def _published(cluster: Cluster, namespace: str) -> bool:
-    """The startup handler has run once the issuer JWKS ConfigMap exists."""
-    items = cluster.core.list_namespaced_config_map(namespace, field_selector="metadata.name=tessera-issuer-jwks").items
-    return bool(items)
-
-
-def stop_operator(operator: Operator) -> None:
-    operator.process.terminate()
-    try:
-        operator.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        operator.process.kill()
-        operator.process.wait()
-
-
-def create_namespace(cluster: Cluster, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    cluster.core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
-    return name
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from tessera.core import settings
 from tessera.kube import client as kube_client
 from tessera.kube import issuerkeys
 from tests import waiting
-from tests.integration.conftest import EXAMPLES, Cluster, Operator, create_namespace
+from tests.harness import EXAMPLES, Cluster, Operator, create_namespace
 
 GROUP, VERSION, PLURAL = meta.GROUP, meta.VERSION, "serviceaccounts"
 

@@ -1,0 +1,267 @@
+"""``make bench``: figures written to a JSON file, each next to a baseline measured in the same run.
+
+- crypto: sign and verify rates per algorithm; PyJWT decode next to raw ``cryptography`` verify.
+- apply -> Ready: p50/p99 over sequential ServiceAccounts, next to the bare API server's
+  create -> watch-event latency for a ConfigMap (the floor any controller sits on).
+- burst: N ServiceAccounts created at once -> all Ready; total time, rate, operator RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jwt
+import kubernetes
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+
+from tessera.api import meta
+from tessera.core import issuer
+from tessera.crypto import keys
+from tessera.crypto import tokens as crypto_tokens
+from tessera.envtest import assets, controlplane
+from tests import harness, waiting
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def rate(fn: Callable[[], object], count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return count / (time.perf_counter() - started)
+
+
+def raw_verifier(public: keys.PublicKey, signing_input: bytes, signature: bytes) -> Callable[[], None]:
+    """The cheapest correct signature check ``cryptography`` offers for the key type: the limit."""
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        half = len(signature) // 2
+        der = utils.encode_dss_signature(
+            int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+        )
+        return lambda: public.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return lambda: public.verify(signature, signing_input)
+    assert isinstance(public, rsa.RSAPublicKey)
+    return lambda: public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+
+def crypto_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
+    key = issuer.initial(algorithm, NOW)[0]
+    claims = {"iss": "https://bench", "sub": "urn:tessera:serviceaccount:a:b", "aud": "x", "exp": 2**31, "iat": 0}
+    token = crypto_tokens.sign(claims, key.private_key, key.kid)
+    head, body, sig = token.split(".")
+    raw = raw_verifier(key.public_key, f"{head}.{body}".encode(), keys.b64url_decode(sig))
+
+    def decode() -> object:
+        return jwt.decode(token, key.public_key, algorithms=[algorithm], audience="x")
+
+    figures = {
+        "sign_per_s": rate(lambda: crypto_tokens.sign(claims, key.private_key, key.kid), count),
+        "raw_verify_per_s": rate(raw, count),
+        "pyjwt_decode_per_s": rate(decode, count),
+        "token_bytes": float(len(token)),
+    }
+    figures["pyjwt_over_raw"] = figures["pyjwt_decode_per_s"] / figures["raw_verify_per_s"]
+    return figures
+
+
+def crypto_bench(count: int) -> dict[str, Any]:
+    return {algorithm: crypto_figures(algorithm, count) for algorithm in keys.ALGORITHMS}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
+    return {
+        "n": len(ordered),
+        "p50_ms": pick(0.5) * 1000,
+        "p99_ms": pick(0.99) * 1000,
+        "mean_ms": statistics.fmean(ordered) * 1000,
+    }
+
+
+class ReadyWatcher:
+    """Records when each ServiceAccount in a namespace is first seen Ready=True (one watch, a thread)."""
+
+    def __init__(self, cluster: harness.Cluster, namespace: str) -> None:
+        self.seen: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(cluster, namespace), daemon=True)
+        self._thread.start()
+
+    def _run(self, cluster: harness.Cluster, namespace: str) -> None:
+        while not self._stop.is_set():
+            stream = kubernetes.watch.Watch().stream(
+                cluster.custom.list_namespaced_custom_object, meta.GROUP, meta.VERSION, namespace, "serviceaccounts",
+                timeout_seconds=5,
+            )  # fmt: skip
+            for event in stream:
+                obj = event["object"]
+                conditions = (obj.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                    with self.lock:
+                        self.seen.setdefault(obj["metadata"]["name"], time.monotonic())
+
+    def ready_at(self, name: str) -> float | None:
+        with self.lock:
+            return self.seen.get(name)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.seen)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def sa_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{meta.GROUP}/{meta.VERSION}",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name},
+        "spec": {},
+    }
+
+
+def create_sa(cluster: harness.Cluster, namespace: str, name: str) -> None:
+    cluster.custom.create_namespaced_custom_object(
+        meta.GROUP, meta.VERSION, namespace, "serviceaccounts", sa_manifest(name)
+    )
+
+
+def baseline_watch_latency(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
+    """create ConfigMap -> its ADDED event on a watch: the API server's own round trip."""
+    samples = []
+    for i in range(count):
+        rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
+        stream = kubernetes.watch.Watch().stream(
+            cluster.core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=10,
+            field_selector=f"metadata.name=baseline-{i}",
+        )  # fmt: skip
+        started = time.monotonic()
+        body = kubernetes.client.V1ConfigMap(
+            metadata=kubernetes.client.V1ObjectMeta(name=f"baseline-{i}"), data={"k": "v"}
+        )
+        cluster.core.create_namespaced_config_map(namespace, body)
+        next(iter(stream))
+        samples.append(time.monotonic() - started)
+    return percentiles(samples)
+
+
+def sequential_ready(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
+    watcher = ReadyWatcher(cluster, namespace)
+    samples = []
+    try:
+        for i in range(count):
+            name = f"seq-{i}"
+            started = time.monotonic()
+            create_sa(cluster, namespace, name)
+            done = waiting.until(
+                functools.partial(watcher.ready_at, name), timeout=60, interval=0.002, what=f"{name} Ready"
+            )
+            samples.append(done - started)
+    finally:
+        watcher.stop()
+    return percentiles(samples)
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"rss_kib": int(fields["VmRSS"].split()[0]), "peak_rss_kib": int(fields["VmHWM"].split()[0])}
+
+
+def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_pid: int) -> dict[str, Any]:
+    watcher = ReadyWatcher(cluster, namespace)
+    idle = rss_kib(operator_pid)
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda i: create_sa(cluster, namespace, f"burst-{i}"), range(count)))
+        created = time.monotonic() - started
+        waiting.until(lambda: watcher.count() >= count, timeout=1800, interval=0.05, what=f"{count} Ready")
+        total = time.monotonic() - started
+    finally:
+        watcher.stop()
+    return {
+        "count": count,
+        "create_calls_s": created,
+        "all_ready_s": total,
+        "ready_per_s": count / total,
+        "operator_idle": idle,
+        "operator_after": rss_kib(operator_pid),
+    }
+
+
+def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        controlplane.ControlPlane(assets.ensure(), directory=Path(tmp) / "cp") as plane,
+    ):
+        info = plane.start()
+        api = harness.client_for(info.kubeconfig)
+        cluster = harness.Cluster(
+            info.kubeconfig,
+            str(info.kubectl),
+            kubernetes.client.CoreV1Api(api),
+            kubernetes.client.CustomObjectsApi(api),
+            api,
+        )
+        cluster.kubectl("apply", "-f", str(harness.CRDS))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(harness.CRDS))
+        system = harness.create_namespace(cluster, "tessera-system")
+        operator = harness.start_operator(
+            cluster, system, Path(tmp) / "operator.log", extra_env={"TESSERA_REFRESH_CHECK_SECONDS": "30"}
+        )
+        try:
+            results = {
+                "baseline_configmap_create_to_watch": baseline_watch_latency(
+                    cluster, harness.create_namespace(cluster, "base"), sequential
+                ),
+                "apply_to_ready": sequential_ready(cluster, harness.create_namespace(cluster, "seq"), sequential),
+                "burst": burst_ready(cluster, harness.create_namespace(cluster, "burst"), burst, operator.process.pid),
+            }
+            results["apply_to_ready_over_baseline_p50"] = (
+                results["apply_to_ready"]["p50_ms"] / results["baseline_configmap_create_to_watch"]["p50_ms"]
+            )
+            return results
+        finally:
+            harness.stop_operator(operator)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument("--out", default="bench-results.json")
+    parser.add_argument("--sequential", type=int, default=50, help="ServiceAccounts applied one by one")
+    parser.add_argument("--burst", type=int, default=1000, help="ServiceAccounts created at once")
+    parser.add_argument("--crypto-count", type=int, default=2000, help="operations per crypto figure")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {
+        "when": NOW.isoformat(),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "crypto": crypto_bench(args.crypto_count),
+        "cluster": cluster_bench(args.sequential, args.burst),
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
