@@ -32,6 +32,7 @@ class Cluster:
     core: kubernetes.client.CoreV1Api
     custom: kubernetes.client.CustomObjectsApi
     api: kubernetes.client.ApiClient
+    garbage_collected: bool = True  # False for a bare API server without kube-controller-manager
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -22,7 +22,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         api = client_for(None)
         yield Cluster(None, "kubectl", kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api), api)
         return
-    plane = controlplane.ControlPlane(assets.ensure(), directory=tmp_path_factory.mktemp("control-plane"))
+    found = assets.ensure()
+    plane = controlplane.ControlPlane(found, directory=tmp_path_factory.mktemp("control-plane"))
     try:
         info = plane.start()
         api = client_for(info.kubeconfig)
@@ -32,6 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             kubernetes.client.CoreV1Api(api),
             kubernetes.client.CustomObjectsApi(api),
             api,
+            garbage_collected=found.has_controller_manager,
         )
     finally:
         plane.stop()
