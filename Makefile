@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Versions of Kubernetes, etcd and helm are pinned in operator/tessera/envtest/assets.py only.
+# Versions of Kubernetes and etcd are pinned in operator/tessera/envtest/assets.py only.
 PYTEST_ARGS ?=
 BENCH_OUT ?= bench-results.json
 

@@ -1,4 +1,4 @@
-"""``python -m tessera.envtest build|helm|run|serve``: binaries, ``make run``, or a bare control plane."""
+"""``python -m tessera.envtest build|run|serve``: binaries, ``make run``, or a bare control plane."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ def main(argv: list[str]) -> int:
     try:
         if command == "build":
             print(assets.ensure().directory)
-        elif command == "helm":
-            print(assets.ensure_helm())
         elif command == "run":
             return devrun.run(Path.cwd())
         elif command == "serve":
             return controlplane.main(argv)
         else:
-            print(f"usage: python -m tessera.envtest [build|helm|run|serve]; unknown {command!r}", file=sys.stderr)
+            print(f"usage: python -m tessera.envtest [build|run|serve]; unknown {command!r}", file=sys.stderr)
             return 2
     except assets.AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)

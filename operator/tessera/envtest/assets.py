@@ -9,7 +9,7 @@ Kubernetes 1.31+ (watch progress requests need 3.5.13+).
 
 Order of precedence: ``KUBEBUILDER_ASSETS`` (a folder holding the binaries, as Kubernetes
 developers already use), then the cache (``$TESSERA_CACHE`` or ``~/.cache/tessera``), then a build.
-Versions are pinned here and nowhere else.
+Versions are pinned here and nowhere else (helm joins them with the chart).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.5.35"
-HELM_VERSION = "v3.19.0"
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 REQUIRED = ("kube-apiserver", "etcd", "kubectl")
@@ -60,10 +59,6 @@ def cache_root() -> Path:
 
 def control_plane_dir() -> Path:
     return cache_root() / "control-plane" / f"{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
-
-
-def tools_dir() -> Path:
-    return cache_root() / "tools"
 
 
 def _complete(directory: Path, names: tuple[str, ...]) -> bool:
@@ -200,7 +195,7 @@ def build() -> Assets:
     out = control_plane_dir()
     staging = out.with_name(out.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
-    _log(f"building Kubernetes {KUBERNETES_VERSION} and etcd {ETCD_VERSION} into {out} (cold: 10-20 min)")
+    _log(f"building Kubernetes {KUBERNETES_VERSION} and etcd {ETCD_VERSION} into {out} (cold: about 9 min on 2 cores)")
     started = time.monotonic()
     if not (staging / "etcd").is_file():
         build_etcd(staging)
@@ -211,24 +206,3 @@ def build() -> Assets:
     staging.rename(out)
     _log(f"control plane ready in {time.monotonic() - started:.0f}s: {out}")
     return Assets(out)
-
-
-def ensure_helm() -> Path:
-    """Return a helm binary: on PATH at the pinned version's major, or built into the cache."""
-    target = tools_dir() / f"helm-{HELM_VERSION}" / "helm"
-    if target.is_file():
-        return target
-    env = _go_env()
-    work = cache_root() / "build" / f"helm-{HELM_VERSION}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "go.mod").write_text(
-        f"module tessera.dev/helm-build\n\ngo 1.24\n\nrequire helm.sh/helm/v3 {HELM_VERSION}\n"
-    )
-    (work / "go.sum").touch()
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    partial = target.with_name("helm.partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(partial), "helm.sh/helm/v3/cmd/helm"]
-    _build_with_progress(cmd, work, env, "helm")
-    partial.rename(target)
-    return target
