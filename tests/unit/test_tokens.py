@@ -109,9 +109,22 @@ def test_token_facts_round_trip_through_secret_annotations() -> None:
     assert "header.payload.sig" not in str(manifest["metadata"])
 
 
-def test_newest_prefers_the_latest_issued_view() -> None:
+def test_current_view_takes_the_later_of_index_and_own_write() -> None:
     first = issue(make_sa()).facts
     later = issue(make_sa(), NOW + datetime.timedelta(minutes=5)).facts
-    assert tokens.newest(first, later) == later == tokens.newest(later, first)
-    assert tokens.newest(None, first) == first
-    assert tokens.newest(None, None) is None
+    # The index has not seen our newer token yet: our write wins.
+    assert tokens.current(first, tokens.Written(later.issued_at, later)) == later
+    # The index already shows something newer than our last write (another replica wrote): it wins.
+    assert tokens.current(later, tokens.Written(first.issued_at, first)) == later
+    assert tokens.current(first, None) == first
+
+
+def test_a_withdrawal_supersedes_stale_index_facts() -> None:
+    facts = issue(make_sa()).facts
+    withdrawn = tokens.Written.of(tokens.Withdraw("Disabled", "off"), NOW + datetime.timedelta(seconds=10))
+    assert tokens.current(facts, withdrawn) is None
+    # Re-enabled before the index caught up: a fresh token is issued, not the emptied one kept.
+    decision = tokens.decide(
+        make_sa(), tokens.current(facts, withdrawn), KEYSET, CFG, NOW + datetime.timedelta(seconds=11)
+    )
+    assert isinstance(decision, tokens.Issue)

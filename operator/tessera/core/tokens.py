@@ -102,10 +102,30 @@ def claims(
     return body
 
 
-def newest(*candidates: ObservedToken | None) -> ObservedToken | None:
-    """The most recently issued of several views of the same token (the index may lag a write)."""
-    present = [c for c in candidates if c is not None]
-    return max(present, key=lambda c: c.issued_at) if present else None
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What this operator last wrote for an account: a token (its facts) or a withdrawal (None), and when."""
+
+    at: datetime.datetime
+    facts: ObservedToken | None
+
+    @classmethod
+    def of(cls, decision: Decision, now: datetime.datetime) -> Written:
+        if isinstance(decision, Withdraw):
+            return cls(now, None)
+        return cls(decision.facts.issued_at, decision.facts)
+
+
+def current(indexed: ObservedToken | None, written: Written | None) -> ObservedToken | None:
+    """The token the Secret holds now: the index may lag our own last write, so the later one wins.
+
+    Ties go to our write, so an uncertain case costs at most one extra token, never a missing one.
+    """
+    if written is None:
+        return indexed
+    if indexed is not None and indexed.issued_at > written.at:
+        return indexed
+    return written.facts
 
 
 Reason = tuple[str, str]

@@ -69,7 +69,7 @@ async def serviceaccount_reconcile(
     index: kopf.Index[tuple[str, str], tokens.ObservedToken | None] = kwargs["token_secrets_index"]
     async with memo.locks.setdefault(ref, asyncio.Lock()):  # a timer tick may race an update
         now = utcnow()
-        observed = tokens.newest(next(iter(index.get(ref, [])), None), memo.written.get(ref))
+        observed = tokens.current(next(iter(index.get(ref, [])), None), memo.written.get(ref))
         decision = tokens.decide(sa, observed, memo.keyset, memo.cfg, now)
         try:
             await _apply(memo.kube, sa, body, decision, observed is not None)
@@ -78,7 +78,8 @@ async def serviceaccount_reconcile(
             raise kopf.PermanentError(str(exc)) from exc
         except errors.KubeError as exc:
             raise kopf.TemporaryError(f"{exc}; will retry", delay=TRANSIENT_DELAY) from exc
-        memo.written[ref] = None if isinstance(decision, tokens.Withdraw) else decision.facts
+        if not isinstance(decision, tokens.Keep):
+            memo.written[ref] = tokens.Written.of(decision, now)
     new_status = status.serviceaccount_status(sa, decision, now)
     if status.needs_update(body.get("status"), new_status):
         patch.status.update(new_status)
