@@ -204,3 +204,27 @@ def test_short_lived_token_is_refreshed_before_it_expires(cluster: Cluster, oper
     assert claims["iat"] + 42 <= refreshed["iat"] < claims["exp"], (claims, refreshed)
     status = cluster.custom_object(namespace, PLURAL, "brief")["status"]
     assert int(datetime.datetime.fromisoformat(status["tokenExpiresAt"]).timestamp()) == refreshed["exp"]
+
+
+def test_a_foreign_secret_with_the_token_name_is_never_overwritten(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    foreign = kubernetes.client.V1Secret(
+        metadata=kubernetes.client.V1ObjectMeta(name="taken-tessera-token"), string_data={"password": "keep-me"}
+    )
+    cluster.core.create_namespaced_secret(namespace, foreign)
+    apply_sa(cluster, namespace, "taken", {})
+    condition = waiting.until(
+        lambda: (c := ready_condition(cluster, namespace, "taken")) and c["reason"] == "SecretNameTaken" and c,
+        what="Ready=False SecretNameTaken",
+    )
+    assert condition["status"] == "False" and "not managed by Tessera" in condition["message"]
+    secret = cluster.secret(namespace, "taken-tessera-token")
+    assert secret is not None and set(secret["data"]) == {"password"}
+    warnings = waiting.until(lambda: _warnings(cluster, namespace, "SecretNameTaken"), what="a Warning event")
+    assert len(warnings) == 1 and (warnings[0].get("count") or 1) == 1, warnings  # once, not once per timer tick
+
+
+def _warnings(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]]:
+    events = cluster.to_dict(cluster.core.list_namespaced_event(namespace))["items"]
+    return [e for e in events if e["type"] == "Warning" and e["reason"] == reason]

@@ -112,8 +112,10 @@ async def _apply(
 def _report_failure(
     body: kopf.Body, patch: kopf.Patch, sa: sa_api.ServiceAccount, reason: str, message: str, now: datetime.datetime
 ) -> None:
-    patch.status.update(status.failed_status(sa, reason, message, now))
-    kopf.warn(body, reason=reason, message=message)
+    new_status = status.failed_status(sa, reason, message, now)
+    if status.needs_update(body.get("status"), new_status):  # warn once per change, not once per timer tick
+        patch.status.update(new_status)
+        kopf.warn(body, reason=reason, message=message)
 
 
 def register(registry: kopf.OperatorRegistry, cfg: core_settings.Settings) -> None:
