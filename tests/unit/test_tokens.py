@@ -85,11 +85,22 @@ def test_token_signed_by_a_retired_key_is_replaced() -> None:
     assert isinstance(decision, tokens.Issue) and "retired" in decision.message
 
 
-def test_disabled_account_is_withdrawn_whatever_it_had() -> None:
+def test_disabled_account_is_withdrawn_and_needs_a_write_only_while_a_token_remains() -> None:
     facts = issue(make_sa()).facts
-    for observed in (None, facts):
+    for observed, pending in ((facts, True), (tokens.UNKNOWN, True), (None, False)):
         decision = tokens.decide(make_sa(disabled=True), observed, KEYSET, CFG, NOW)
         assert isinstance(decision, tokens.Withdraw) and decision.reason == "Disabled"
+        assert decision.pending is pending, observed
+
+
+def test_a_token_with_unreadable_facts_is_replaced_not_trusted() -> None:
+    annotations = secrets.token_annotations(issue(make_sa()).facts)
+    annotations[secrets.ANNOTATION_PREFIX + "expires-at"] = "garbage"
+    observed = secrets.observed_token(annotations, has_token=True)
+    assert observed is tokens.UNKNOWN
+    decision = tokens.decide(make_sa(), observed, KEYSET, CFG, NOW)
+    assert isinstance(decision, tokens.Issue) and decision.reason == "TokenReissued"
+    assert secrets.observed_token(annotations, has_token=False) is None
 
 
 def test_refreshes_of_many_accounts_are_spread_over_a_tenth_of_the_ttl() -> None:
@@ -104,7 +115,8 @@ def test_token_facts_round_trip_through_secret_annotations() -> None:
     decision = issue(make_sa())
     manifest = secrets.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
     assert secrets.observed_token(manifest["metadata"]["annotations"]) == decision.facts
-    assert secrets.observed_token({}) is None
+    assert secrets.observed_token({}, has_token=False) is None
+    assert secrets.observed_token({}, has_token=True) is tokens.UNKNOWN
     assert set(secrets.token_annotation_keys()) == set(manifest["metadata"]["annotations"])
     assert "header.payload.sig" not in str(manifest["metadata"])
 

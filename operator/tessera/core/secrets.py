@@ -51,8 +51,11 @@ def token_annotation_keys() -> list[str]:
     ]
 
 
-def observed_token(annotations: dict[str, str]) -> tokens.ObservedToken | None:
-    """Read :func:`token_annotations` back; None when absent or unreadable (then a token is issued)."""
+def observed_token(annotations: dict[str, str], has_token: bool = True) -> tokens.ObservedToken | None:
+    """Read :func:`token_annotations` back. None when the Secret holds no token; :data:`tokens.UNKNOWN`
+    when it holds one whose facts are missing or unreadable (so it is replaced or withdrawn)."""
+    if not has_token:
+        return None
     try:
         times = {
             f: datetime.datetime.fromisoformat(annotations[ANNOTATION_PREFIX + f.replace("_", "-")])
@@ -62,7 +65,7 @@ def observed_token(annotations: dict[str, str]) -> tokens.ObservedToken | None:
             key_id=annotations[ANNOTATION_PREFIX + "key-id"], inputs=annotations[ANNOTATION_PREFIX + "inputs"], **times
         )
     except (KeyError, ValueError):
-        return None
+        return tokens.UNKNOWN
 
 
 def build_token_secret(sa: sa_api.ServiceAccount, token: str, facts: tokens.ObservedToken) -> dict[str, Any]:

@@ -33,6 +33,17 @@ class ObservedToken:
     inputs: str
 
 
+# Facts standing for a token whose annotations are missing or unreadable: every check fires on
+# them, so the token is replaced (or withdrawn), never trusted.
+UNKNOWN = ObservedToken(
+    issued_at=datetime.datetime.min.replace(tzinfo=datetime.UTC),
+    expires_at=datetime.datetime.min.replace(tzinfo=datetime.UTC),
+    refresh_at=datetime.datetime.min.replace(tzinfo=datetime.UTC),
+    key_id="",
+    inputs="",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Issue:
     reason: str
@@ -53,6 +64,7 @@ class Keep:
 class Withdraw:
     reason: str
     message: str
+    pending: bool = True  # False when the Secret already holds no token: nothing to write
 
 
 Decision = Issue | Keep | Withdraw
@@ -156,7 +168,7 @@ def decide(
 ) -> Decision:
     """Keep, issue or withdraw the account's token; see the module docstring for the order."""
     if sa.spec.disabled:
-        return Withdraw("Disabled", "the account is disabled: no token is issued")
+        return Withdraw("Disabled", "the account is disabled: no token is issued", pending=observed is not None)
     inputs = inputs_digest(sa, cfg)
     found: Reason = ("TokenIssued", "a token was issued")
     if observed is not None:

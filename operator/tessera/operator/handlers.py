@@ -51,10 +51,13 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
 
 
 async def token_secrets_index(
-    namespace: str | None, labels: Mapping[str, str], annotations: Mapping[str, str], **_: Any
+    namespace: str | None, labels: Mapping[str, str], annotations: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> Any:
-    """(namespace, service account) -> facts of the token in its Secret (None when it holds none)."""
-    return {(namespace, labels[secrets.TOKEN_FOR_LABEL]): secrets.observed_token(dict(annotations))}
+    """(namespace, service account) -> facts of the token in its Secret (None when it holds none).
+
+    Only the facts are kept in memory, never the token itself."""
+    has_token = secrets.TOKEN_KEY in (body.get("data") or {})
+    return {(namespace, labels[secrets.TOKEN_FOR_LABEL]): secrets.observed_token(dict(annotations), has_token)}
 
 
 async def serviceaccount_reconcile(
@@ -105,7 +108,7 @@ async def _apply(
         manifest = secrets.build_token_secret(sa, token, decision.facts)
         kopf.append_owner_reference(manifest, owner=body)
         await objects.write_owned_secret(kube, manifest, exists)
-    elif isinstance(decision, tokens.Withdraw):
+    elif isinstance(decision, tokens.Withdraw) and decision.pending:
         await objects.withdraw_token(kube, sa.namespace, secrets.token_secret_name(sa), secrets.token_annotation_keys())
 
 
