@@ -111,7 +111,13 @@ def start_operator(
 ) -> Operator:
     """``tessera operator`` in a subprocess, ready once its liveness endpoint answers."""
     port = free_port()
-    env = {**cluster.env(), "TESSERA_NAMESPACE": namespace, "TESSERA_REFRESH_CHECK_SECONDS": "2", **(extra_env or {})}
+    env = {
+        **cluster.env(),
+        "TESSERA_NAMESPACE": namespace,
+        "TESSERA_REFRESH_CHECK_SECONDS": "2",
+        "TESSERA_CLOCK_LEEWAY_SECONDS": "5",
+        **(extra_env or {}),
+    }
     log = log_path.open("wb")
     cmd = [sys.executable, "-m", "tessera.cli", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz"]
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -21,6 +21,45 @@ def _operator(args: argparse.Namespace) -> int:
     return runner.run(args)
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    import datetime
+
+    from tessera import keygen
+
+    options = keygen.Options(
+        service_account=args.service_account,
+        namespace=args.namespace,
+        name=args.name,
+        algorithm=args.algorithm,
+        expires_in_days=args.expires_in_days,
+        private_key_out=Path(args.private_key_out),
+    )
+    return keygen.run(options, datetime.datetime.now(datetime.UTC), sys.stdout, sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kg = sub.add_parser(
+        "keygen",
+        help="make a key pair locally; print a ServiceAccountKey with only its public key",
+        description="Generate a key pair, write the private key to a new file (mode 0600) and print a "
+        "ServiceAccountKey manifest holding only the public key, for `kubectl apply -f -`.",
+    )
+    kg.add_argument("--service-account", required=True, help="the Tessera ServiceAccount the key belongs to")
+    kg.add_argument("--namespace", default="default", help="its namespace (default: default)")
+    kg.add_argument("--name", help="the ServiceAccountKey's name (default: <service-account>-<start of the key id>)")
+    kg.add_argument("--algorithm", choices=("ES256", "EdDSA", "RS256"), default="ES256", help="default: ES256")
+    kg.add_argument("--expires-in-days", type=_positive_int, help="the key stops being trusted after this many days")
+    kg.add_argument("--private-key-out", required=True, help="new file for the private key (PKCS#8 PEM)")
+    kg.set_defaults(func=_keygen)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tessera", description="Identity and access management for workloads on Kubernetes."
@@ -36,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
     crds.add_argument("--out", default="crds", help="folder to write into (default: crds)")
     crds.set_defaults(func=_crds)
+    _add_keygen(sub)
     return top
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import kubernetes
 import pytest
@@ -68,3 +69,23 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     name = create_namespace(cluster, "t")
     yield name
     cluster.core.delete_namespace(name)
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A control plane of its own (CRDs installed), for a test that runs operators with unusual settings
+    or several of them; it starts in a few seconds and shares nothing with the session's cluster."""
+    if os.environ.get("TESSERA_USE_EXISTING_CLUSTER") == "1":
+        pytest.fail("this test needs a private control plane; it cannot run against an existing cluster")
+    found = assets.ensure()
+    plane = controlplane.ControlPlane(found, directory=tmp_path / "control-plane", with_controller_manager=False)
+    try:
+        info = plane.start()
+        api = client_for(info.kubeconfig)
+        core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
+        private = Cluster(info.kubeconfig, str(info.kubectl), core, custom, api, garbage_collected=False)
+        private.kubectl("apply", "-f", str(CRDS))
+        private.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+        yield private
+    finally:
+        plane.stop()

@@ -41,3 +41,9 @@ def test_schema_is_structural(kind: kinds.Kind) -> None:
 def test_every_kind_is_in_the_tessera_category_with_short_names(kind: kinds.Kind) -> None:
     names = kind.crd()["spec"]["names"]
     assert names["categories"] == ["tessera"] and names["shortNames"]
+
+
+def test_yaml_11_boolean_words_are_quoted_so_kubectl_reads_them_as_names() -> None:
+    text = "".join(kinds.rendered().values())
+    assert "\n                      'y':" in text and "\n                      'n':" in text
+    assert not any(line.strip() in {"y:", "n:"} for line in text.splitlines())

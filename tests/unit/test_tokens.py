@@ -140,3 +140,31 @@ def test_a_withdrawal_supersedes_stale_index_facts() -> None:
         make_sa(), tokens.current(facts, withdrawn), KEYSET, CFG, NOW + datetime.timedelta(seconds=11)
     )
     assert isinstance(decision, tokens.Issue)
+
+
+def test_a_token_after_revocation_is_issued_no_earlier_than_not_before() -> None:
+    not_before = NOW + datetime.timedelta(seconds=1)
+    decision = tokens.decide(make_sa(), None, KEYSET, CFG, NOW, not_before)
+    assert isinstance(decision, tokens.Issue)
+    assert decision.claims["iat"] == int(not_before.timestamp())  # at most a second ahead, never refused
+
+
+def test_alive_until_remembers_the_longest_lived_token() -> None:
+    long_lived = issue(make_sa(token={"ttlSeconds": 3600}))
+    shorter = tokens.decide(make_sa(token={"ttlSeconds": 60}), long_lived.facts, KEYSET, CFG, NOW)
+    assert isinstance(shorter, tokens.Issue) and shorter.reason == "TokenReissued"
+    assert shorter.facts.expires_at == NOW + datetime.timedelta(seconds=60)
+    assert shorter.facts.alive_until == long_lived.facts.expires_at
+    assert tokens.alive_until(tokens.UNKNOWN, NOW, CFG) == NOW + CFG.max_token_ttl
+
+
+def test_the_operator_caps_token_lifetime() -> None:
+    capped = settings.Settings(issuer="https://issuer.test", max_token_ttl=datetime.timedelta(minutes=5))
+    decision = tokens.decide(make_sa(token={"ttlSeconds": 3600}), None, KEYSET, capped, NOW)
+    assert isinstance(decision, tokens.Issue)
+    assert decision.claims["exp"] - decision.claims["iat"] == 300
+
+
+def test_alive_until_survives_the_secret_annotations() -> None:
+    facts = issue(make_sa()).facts
+    assert secrets.observed_token(secrets.token_annotations(facts)) == facts

@@ -19,6 +19,17 @@ JsonSchema = dict[str, Any]
 _DROP_KEYS = frozenset({"title", "$defs", "discriminator"})
 
 
+_RULES = "x-kubernetes-validations"
+
+
+def _merge(inner: JsonSchema, outer: JsonSchema) -> JsonSchema:
+    """Outer keys win, except CEL rules: a field's rules and its model's rules both apply."""
+    merged = {**inner, **outer}
+    if _RULES in inner and _RULES in outer:
+        merged[_RULES] = [*inner[_RULES], *outer[_RULES]]
+    return merged
+
+
 def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
     if isinstance(node, list):
         return [_inline(item, defs) for item in node]
@@ -26,7 +37,7 @@ def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
         return node
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
-        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        merged = _merge(target, {k: v for k, v in node.items() if k != "$ref"})
         return _inline(merged, defs)
     return {key: _inline(value, defs) for key, value in node.items()}
 
@@ -40,7 +51,7 @@ def _nullable(node: JsonSchema) -> JsonSchema:
     if len(kept) != 1 or len(kept) == len(options):
         return node
     outer = {k: v for k, v in node.items() if k != "anyOf"}
-    return {**kept[0], **outer, "nullable": True}
+    return {**_merge(kept[0], outer), "nullable": True}
 
 
 def structural(node: Any) -> Any:

@@ -1,8 +1,10 @@
-"""The issuer's signing keys: created once, serialised into one Secret, published as a JWKS.
+"""The issuer's signing keys: created once, rotated on a schedule, serialised into one Secret.
 
 The key set is a tuple of :class:`IssuerKey`, each with the moment it may start signing. A key is
-published (in the JWKS) from its creation, but signs only from ``signs_from``, so verifiers have
-it before they meet a token it signed.
+published (in the JWKS and every trust bundle) from its creation, but signs only from
+``signs_from``, a publishing lead later, so verifiers have it before they meet a token it signed.
+A key leaves once a successor has signed for longer than any token may live: by then every token
+it signed has expired.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from typing import Any
 
 from tessera import errors
+from tessera.core import settings
 from tessera.crypto import keys
 
 FORMAT_VERSION = 1
@@ -53,6 +56,49 @@ def signing_key(keyset: KeySet, now: datetime.datetime) -> IssuerKey:
     if not usable:
         raise errors.ConfigError("no issuer key may sign yet")
     return max(usable, key=lambda k: (k.signs_from, k.kid))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotation:
+    """What the schedule asks for at one moment: keys to withdraw, and whether a new key is due."""
+
+    retire: frozenset[str]
+    add: bool
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.retire) or self.add
+
+
+def _retires_at(key: IssuerKey, keyset: KeySet, cfg: settings.Settings) -> datetime.datetime | None:
+    """When ``key`` may leave: its successor's takeover plus the longest token lifetime and leeway."""
+    later = [k.signs_from for k in keyset if k.signs_from > key.signs_from]
+    return min(later) + cfg.max_token_ttl + cfg.clock_leeway if later else None
+
+
+def rotation(keyset: KeySet, cfg: settings.Settings, now: datetime.datetime) -> Rotation:
+    """Retire keys whose tokens have all expired; add a key when the newest is older than the period."""
+    retire = frozenset(k.kid for k in keyset if (at := _retires_at(k, keyset, cfg)) is not None and at <= now)
+    pending = any(k.signs_from > now for k in keyset)
+    newest = max(keyset, key=lambda k: k.created_at)
+    due = cfg.key_rotation > datetime.timedelta(0) and now >= newest.created_at + cfg.key_rotation
+    return Rotation(retire=retire, add=due and not pending)
+
+
+def rotated(keyset: KeySet, plan: Rotation, cfg: settings.Settings, now: datetime.datetime) -> KeySet:
+    """Apply ``plan``: the new key is published now and signs after the publishing lead."""
+    kept = tuple(k for k in keyset if k.kid not in plan.retire)
+    if plan.add:
+        kept = (*kept, IssuerKey.generate(cfg.algorithm, now, now + cfg.key_publish_lead))
+    return kept
+
+
+def next_rotation_event(keyset: KeySet, cfg: settings.Settings) -> datetime.datetime | None:
+    """The next moment :func:`rotation` may ask for something (None: never, rotation is off)."""
+    moments = [at for k in keyset if (at := _retires_at(k, keyset, cfg)) is not None]
+    if cfg.key_rotation > datetime.timedelta(0):
+        moments.append(max(k.created_at for k in keyset) + cfg.key_rotation)
+    return min(moments) if moments else None
 
 
 def jwks(keyset: KeySet) -> dict[str, Any]:

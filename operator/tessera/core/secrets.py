@@ -13,7 +13,7 @@ from typing import Any
 
 from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
-from tessera.core import issuer, settings, tokens
+from tessera.core import issuer, revocations, settings, tokens
 
 TOKEN_SECRET_TYPE = f"{meta.GROUP}/access-token"
 TOKEN_FOR_LABEL = f"{meta.GROUP}/service-account"
@@ -21,7 +21,7 @@ COMPONENT_LABEL = f"{meta.GROUP}/component"
 TOKEN_KEY = "token"  # noqa: S105 (a data key name, not a secret)
 
 ANNOTATION_PREFIX = f"{meta.GROUP}/token-"
-_FACT_FIELDS = ("issued_at", "expires_at", "refresh_at")
+_FACT_FIELDS = ("issued_at", "expires_at", "refresh_at", "alive_until")
 
 
 def token_secret_name(sa: sa_api.ServiceAccount) -> str:
@@ -57,9 +57,10 @@ def observed_token(annotations: dict[str, str], has_token: bool = True) -> token
     if not has_token:
         return None
     try:
+        stored = dict(annotations)
+        stored.setdefault(ANNOTATION_PREFIX + "alive-until", stored.get(ANNOTATION_PREFIX + "expires-at", ""))
         times = {
-            f: datetime.datetime.fromisoformat(annotations[ANNOTATION_PREFIX + f.replace("_", "-")])
-            for f in _FACT_FIELDS
+            f: datetime.datetime.fromisoformat(stored[ANNOTATION_PREFIX + f.replace("_", "-")]) for f in _FACT_FIELDS
         }
         return tokens.ObservedToken(
             key_id=annotations[ANNOTATION_PREFIX + "key-id"], inputs=annotations[ANNOTATION_PREFIX + "inputs"], **times
@@ -106,4 +107,21 @@ def build_jwks_configmap(keyset: issuer.KeySet, cfg: settings.Settings) -> dict[
             "labels": _labels("issuer-jwks"),
         },
         "data": {"jwks.json": json.dumps(document, sort_keys=True, separators=(",", ":"))},
+    }
+
+
+REVOCATIONS_KEY = "revocations.json"
+
+
+def build_revocations_configmap(current: revocations.Revocations, cfg: settings.Settings) -> dict[str, Any]:
+    """Where revocations outlive the operator process (subjects and times only, nothing secret)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": settings.REVOCATIONS_CONFIGMAP,
+            "namespace": cfg.namespace,
+            "labels": _labels("revocations"),
+        },
+        "data": {REVOCATIONS_KEY: revocations.dumps(current)},
     }

@@ -1,4 +1,4 @@
-"""Operator settings: where it lives, what issuer it is, how it signs. Read once at start."""
+"""Operator settings: where it lives, what issuer it is, how it signs and rotates. Read once at start."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ import os
 from collections.abc import Mapping
 
 from tessera import errors
+from tessera.api import meta
 from tessera.crypto import keys
 
 DEFAULT_NAMESPACE = "tessera-system"
 ISSUER_KEYS_SECRET = "tessera-issuer-keys"  # noqa: S105 (a Secret name)
 ISSUER_JWKS_CONFIGMAP = "tessera-issuer-jwks"
+REVOCATIONS_CONFIGMAP = "tessera-revocations"
+TRUST_BUNDLE_CONFIGMAP = "tessera-trust-bundle"
+TRUST_BUNDLE_LABEL = f"{meta.GROUP}/trust-bundle"  # on a Namespace: "enabled" opts it in
+TRUST_BUNDLE_LABEL_VALUE = "enabled"
+
+# The API server refuses ConfigMaps whose data exceed 1 MiB; keep room for metadata.
+BUNDLE_LIMIT_BYTES = 1_000_000
+MAX_TOKEN_TTL_SECONDS = 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +31,16 @@ class Settings:
     default_audience: str = "tessera"
     algorithm: keys.Algorithm = "ES256"
     refresh_check_seconds: float = 30.0
+    # A new issuer key is created every ``key_rotation`` (zero: never), published ``key_publish_lead``
+    # before it signs (kubelet refreshes mounted ConfigMaps about once a minute), and the old one is
+    # withdrawn once every token it signed has expired (``max_token_ttl`` after the new key took over).
     key_rotation: datetime.timedelta = datetime.timedelta(days=30)
+    key_publish_lead: datetime.timedelta = datetime.timedelta(minutes=5)
+    max_token_ttl: datetime.timedelta = datetime.timedelta(seconds=MAX_TOKEN_TTL_SECONDS)
+    bundle_max_bytes: int = BUNDLE_LIMIT_BYTES
+    # How far past ``exp`` verifiers may accept a token (clock skew); revocations and retired keys
+    # outlive the tokens they cover by this much. Sidecars must use a leeway no larger.
+    clock_leeway: datetime.timedelta = datetime.timedelta(seconds=60)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -36,8 +54,16 @@ class Settings:
         try:
             refresh = float(env.get("TESSERA_REFRESH_CHECK_SECONDS", cls.refresh_check_seconds))
             rotation = datetime.timedelta(hours=float(env.get("TESSERA_KEY_ROTATION_HOURS", 30 * 24)))
+            lead = datetime.timedelta(seconds=float(env.get("TESSERA_KEY_PUBLISH_LEAD_SECONDS", 300)))
+            max_ttl = datetime.timedelta(seconds=float(env.get("TESSERA_MAX_TOKEN_TTL_SECONDS", MAX_TOKEN_TTL_SECONDS)))
+            bundle_max = int(env.get("TESSERA_BUNDLE_MAX_BYTES", BUNDLE_LIMIT_BYTES))
+            leeway = datetime.timedelta(seconds=float(env.get("TESSERA_CLOCK_LEEWAY_SECONDS", 60)))
         except ValueError as exc:
             raise errors.ConfigError(f"a numeric TESSERA_* setting is not a number: {exc}") from exc
+        if not 60 <= max_ttl.total_seconds() <= MAX_TOKEN_TTL_SECONDS:
+            raise errors.ConfigError("TESSERA_MAX_TOKEN_TTL_SECONDS must be between 60 and 86400")
+        if not 0 < bundle_max <= BUNDLE_LIMIT_BYTES:
+            raise errors.ConfigError(f"TESSERA_BUNDLE_MAX_BYTES must be between 1 and {BUNDLE_LIMIT_BYTES}")
         return cls(
             namespace=namespace,
             issuer=env.get("TESSERA_ISSUER", f"https://tessera.{namespace}.svc"),
@@ -45,4 +71,8 @@ class Settings:
             algorithm=algorithm,
             refresh_check_seconds=refresh,
             key_rotation=rotation,
+            key_publish_lead=lead,
+            max_token_ttl=max_ttl,
+            bundle_max_bytes=bundle_max,
+            clock_leeway=leeway,
         )

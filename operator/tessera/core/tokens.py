@@ -31,6 +31,7 @@ class ObservedToken:
     refresh_at: datetime.datetime
     key_id: str
     inputs: str
+    alive_until: datetime.datetime  # the latest expiry of any token issued for the account so far
 
 
 # Facts standing for a token whose annotations are missing or unreadable: every check fires on
@@ -41,6 +42,7 @@ UNKNOWN = ObservedToken(
     refresh_at=datetime.datetime.min.replace(tzinfo=datetime.UTC),
     key_id="",
     inputs="",
+    alive_until=datetime.datetime.max.replace(tzinfo=datetime.UTC),
 )
 
 
@@ -70,12 +72,24 @@ class Withdraw:
 Decision = Issue | Keep | Withdraw
 
 
+def ttl_seconds(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> int:
+    """The account's TTL, capped by the operator's maximum token lifetime."""
+    return min(sa.spec.token.ttl_seconds, int(cfg.max_token_ttl.total_seconds()))
+
+
+def alive_until(observed: ObservedToken, now: datetime.datetime, cfg: settings.Settings) -> datetime.datetime:
+    """Until when a token of the account may be alive; unknown facts assume the longest lifetime."""
+    if observed is UNKNOWN:
+        return now + cfg.max_token_ttl
+    return observed.alive_until
+
+
 def inputs_digest(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> str:
     """A digest of everything a token's claims depend on besides time; a change forces a new token."""
     material = {
         "iss": cfg.issuer,
         "aud": audiences(sa, cfg),
-        "ttl": sa.spec.token.ttl_seconds,
+        "ttl": ttl_seconds(sa, cfg),
         "cidrs": sorted(sa.spec.allowed_cidrs),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
@@ -105,7 +119,7 @@ def claims(
         "aud": aud[0] if len(aud) == 1 else aud,
         "iat": iat,
         "nbf": iat,
-        "exp": iat + sa.spec.token.ttl_seconds,
+        "exp": iat + ttl_seconds(sa, cfg),
         "jti": jti,
         "client_id": sa.subject,
     }
@@ -165,8 +179,12 @@ def decide(
     keyset: issuer.KeySet,
     cfg: settings.Settings,
     now: datetime.datetime,
+    not_before: datetime.datetime | None = None,
 ) -> Decision:
-    """Keep, issue or withdraw the account's token; see the module docstring for the order."""
+    """Keep, issue or withdraw the account's token; see the module docstring for the order.
+
+    ``not_before`` is the account's revocation moment, if any: a new token is never issued before
+    it (at most a second ahead of ``now``), so a re-enabled account's token is not refused."""
     if sa.spec.disabled:
         return Withdraw("Disabled", "the account is disabled: no token is issued", pending=observed is not None)
     inputs = inputs_digest(sa, cfg)
@@ -177,13 +195,15 @@ def decide(
             return Keep("TokenIssued", "the token is current", observed)
         found = why
     key = issuer.signing_key(keyset, now)
-    body = claims(sa, cfg, key, now)
+    body = claims(sa, cfg, key, max(now, not_before) if not_before is not None else now)
     issued = datetime.datetime.fromtimestamp(body["iat"], datetime.UTC)
+    expires = datetime.datetime.fromtimestamp(body["exp"], datetime.UTC)
     facts = ObservedToken(
         issued_at=issued,
-        expires_at=datetime.datetime.fromtimestamp(body["exp"], datetime.UTC),
-        refresh_at=refresh_at(sa.metadata.uid or sa.name, issued, sa.spec.token.ttl_seconds),
+        expires_at=expires,
+        refresh_at=refresh_at(sa.metadata.uid or sa.name, issued, ttl_seconds(sa, cfg)),
         key_id=key.kid,
         inputs=inputs,
+        alive_until=max(expires, alive_until(observed, now, cfg)) if observed is not None else expires,
     )
     return Issue(found[0], found[1], body, key, facts)

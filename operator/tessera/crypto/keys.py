@@ -136,6 +136,24 @@ def public_jwk(key: PublicKey, kid: str | None = None) -> Jwk:
     return jwk
 
 
+def private_jwk(key: PrivateKey, kid: str | None = None) -> Jwk:
+    """The private JWK (public members plus ``d`` and, for RSA, the CRT members), with ``kid``, ``alg``, ``use``."""
+    jwk = public_jwk(key.public_key(), kid)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        jwk["d"] = b64url(_int_bytes(key.private_numbers().private_value, 32))
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        jwk["d"] = b64url(raw)
+    else:
+        numbers = key.private_numbers()
+        members = {"d": numbers.d, "p": numbers.p, "q": numbers.q}
+        members.update(dp=numbers.dmp1, dq=numbers.dmq1, qi=numbers.iqmp)
+        jwk.update({name: b64url(_int_bytes(value)) for name, value in members.items()})
+    return jwk
+
+
 def load_jwk(jwk: Jwk) -> PublicKey:
     """A public key from its JWK; private members are refused so they never get stored."""
     if any(member in jwk for member in ("d", "p", "q", "dp", "dq", "qi")):

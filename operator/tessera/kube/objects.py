@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 from typing import Any
 
 from tessera import errors
@@ -14,7 +15,7 @@ def _name(manifest: dict[str, Any]) -> tuple[str, str]:
     return manifest["metadata"]["namespace"], manifest["metadata"]["name"]
 
 
-def _is_ours(obj: dict[str, Any]) -> bool:
+def is_ours(obj: dict[str, Any]) -> bool:
     labels = obj.get("metadata", {}).get("labels") or {}
     return bool(labels.get(meta.MANAGED_BY_LABEL) == meta.MANAGED_BY_VALUE)
 
@@ -51,7 +52,7 @@ async def write_owned_secret(kube: client.Clients, manifest: dict[str, Any], exi
             return
         except errors.Conflict:
             current = kube.to_dict(await client.call(what, kube.core.read_namespaced_secret, name, namespace))
-            if not _is_ours(current):
+            if not is_ours(current):
                 raise errors.Conflict(f"Secret {namespace}/{name} exists and is not managed by Tessera") from None
     await client.call(what, kube.core.patch_namespaced_secret, name, namespace, manifest)
 
@@ -64,7 +65,7 @@ async def withdraw_token(kube: client.Clients, namespace: str, name: str, annota
     except errors.NotFound:
         return False
     annotations = current["metadata"].get("annotations") or {}
-    if not _is_ours(current) or not (current.get("data") or any(k in annotations for k in annotation_keys)):
+    if not is_ours(current) or not (current.get("data") or any(k in annotations for k in annotation_keys)):
         return False
     patch = {"data": None, "metadata": {"annotations": dict.fromkeys(annotation_keys)}}
     await client.call(what, kube.core.patch_namespaced_secret, name, namespace, patch)
@@ -87,3 +88,50 @@ async def ensure_configmap(kube: client.Clients, manifest: dict[str, Any]) -> bo
         return False
     await client.call(what, kube.core.patch_namespaced_config_map, name, namespace, manifest)
     return True
+
+
+async def read_configmap_data(kube: client.Clients, namespace: str, name: str) -> dict[str, str] | None:
+    """The ConfigMap's data, or None when it does not exist."""
+    try:
+        found = await client.call(
+            f"reading ConfigMap {namespace}/{name}", kube.core.read_namespaced_config_map, name, namespace
+        )
+    except errors.NotFound:
+        return None
+    data: dict[str, str] = kube.to_dict(found).get("data") or {}
+    return data
+
+
+async def delete_configmap_if_ours(kube: client.Clients, namespace: str, name: str) -> bool:
+    """Delete a ConfigMap Tessera wrote; leave anyone else's alone. Return whether it was deleted."""
+    what = f"deleting ConfigMap {namespace}/{name}"
+    try:
+        current = kube.to_dict(await client.call(what, kube.core.read_namespaced_config_map, name, namespace))
+        if not is_ours(current):
+            return False
+        await client.call(what, kube.core.delete_namespaced_config_map, name, namespace)
+    except errors.NotFound:
+        return False
+    return True
+
+
+async def post_event(
+    kube: client.Clients, involved: dict[str, str], namespace: str, reason: str, message: str, kind: str = "Warning"
+) -> None:
+    """Record an Event about ``involved`` (apiVersion, kind, name, uid) in ``namespace``."""
+    now = datetime.datetime.now(datetime.UTC)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message[:1024],
+        "type": kind,
+        "source": {"component": "tessera"},
+        "firstTimestamp": now.isoformat(),
+        "lastTimestamp": now.isoformat(),
+        "count": 1,
+        "reportingComponent": "tessera",
+    }
+    await client.call(f"posting an Event in {namespace}", kube.core.create_namespaced_event, namespace, body)

@@ -1,0 +1,91 @@
+"""Revocations: a subject's tokens issued before a moment are refused everywhere, at once.
+
+Disabling or deleting a ServiceAccount stops new tokens, but tokens already handed out would live
+until they expire (the seeds' weakness of plain JWT service accounts). So each trust bundle carries
+``subject -> notBefore``: a verifier refuses any token of that subject issued (``iat``) before it.
+``notBefore`` is the revocation moment rounded up to the next whole second, so every token issued
+up to then is covered, and a token issued after re-enabling (never before ``notBefore``) is not.
+An entry is pruned once no token it covers can still be alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from collections.abc import Mapping
+
+from tessera import errors
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    subject: str
+    not_before: datetime.datetime  # tokens with iat before this are refused
+    prune_after: datetime.datetime  # by then every covered token has expired (with leeway)
+
+
+Revocations = Mapping[str, Revocation]
+
+
+def _ceil_second(moment: datetime.datetime) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(math.ceil(moment.timestamp()), datetime.UTC)
+
+
+def revoke(
+    current: Revocations,
+    subject: str,
+    now: datetime.datetime,
+    alive_until: datetime.datetime,
+    leeway: datetime.timedelta,
+) -> dict[str, Revocation]:
+    """Add (or tighten) the revocation of ``subject``; ``alive_until`` is when its last token expires,
+    ``leeway`` how long past that verifiers may still accept it."""
+    not_before = _ceil_second(now)
+    prune_after = max(alive_until, not_before) + leeway
+    previous = current.get(subject)
+    if previous is not None:
+        not_before = max(not_before, previous.not_before)
+        prune_after = max(prune_after, previous.prune_after)
+    return {**current, subject: Revocation(subject, not_before, prune_after)}
+
+
+def pruned(current: Revocations, now: datetime.datetime) -> dict[str, Revocation]:
+    """Only the revocations that still cover a token that may be alive."""
+    return {s: r for s, r in current.items() if r.prune_after > now}
+
+
+def not_before(current: Revocations, subject: str) -> datetime.datetime | None:
+    entry = current.get(subject)
+    return entry.not_before if entry is not None else None
+
+
+def next_prune(current: Revocations) -> datetime.datetime | None:
+    return min((r.prune_after for r in current.values()), default=None)
+
+
+def dumps(current: Revocations) -> str:
+    entries = [
+        {"subject": r.subject, "notBefore": r.not_before.isoformat(), "pruneAfter": r.prune_after.isoformat()}
+        for r in sorted(current.values(), key=lambda r: r.subject)
+    ]
+    return json.dumps({"version": FORMAT_VERSION, "revocations": entries}, sort_keys=True, separators=(",", ":"))
+
+
+def loads(text: str) -> dict[str, Revocation]:
+    try:
+        entries = json.loads(text)["revocations"]
+        parsed = [
+            Revocation(
+                e["subject"],
+                datetime.datetime.fromisoformat(e["notBefore"]),
+                datetime.datetime.fromisoformat(e["pruneAfter"]),
+            )
+            for e in entries
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise errors.ConfigError(f"the stored revocations are malformed ({type(exc).__name__})") from exc
+    return {r.subject: r for r in parsed}

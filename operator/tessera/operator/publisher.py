@@ -1,0 +1,130 @@
+"""The trust bundle publisher: one background task that keeps every opted-in namespace's bundle current.
+
+It wakes when an input changed (the hub) or when the bundle changes by itself (a key expires, a
+revocation is pruned), renders the bundle once, and writes it only where the content differs. A
+bundle over the size limit is not written at all: the namespace gets a Warning event instead, and
+its previous bundle stays whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from tessera import errors
+from tessera.core import bundles, settings
+from tessera.kube import client, objects
+
+logger = logging.getLogger("tessera.bundles")
+
+DEBOUNCE_SECONDS = 0.05  # a burst of changes becomes one write per namespace
+IDLE_SECONDS = 300.0
+RETRY_SECONDS = 5.0
+WRITERS = 16
+
+
+def _values(index: kopf.Index[Any, Any]) -> list[Any]:
+    return [value for store in index.values() for value in store]
+
+
+def inputs(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> bundles.Inputs:
+    cfg: settings.Settings = memo.cfg
+    return bundles.Inputs(
+        issuer_url=cfg.issuer,
+        keyset=memo.keyset,
+        account_keys=_values(indexes["serviceaccountkeys_index"]),
+        revocations=memo.revocations.current,
+        accounts=_values(indexes["serviceaccounts_index"]),
+    )
+
+
+class Publisher:
+    def __init__(self, kube: client.Clients, cfg: settings.Settings) -> None:
+        self.kube, self.cfg = kube, cfg
+        self.published: dict[str, str] = {}  # namespace -> bundle text it holds
+        self.warned: dict[str, str] = {}  # namespace -> digest of the oversized bundle it was warned about
+
+    async def sync(self, namespaces: Mapping[str, str], text: str) -> bool:
+        """Bring every namespace (name -> uid) to ``text``; drop bundles where the opt-in is gone.
+
+        Return whether everything succeeded (failures are retried on the next round)."""
+        gate = asyncio.Semaphore(WRITERS)
+
+        async def one(coro: Any) -> bool:
+            async with gate:
+                try:
+                    await coro
+                except errors.KubeError as exc:
+                    logger.warning("Failed to update a trust bundle, will retry: %s", exc)
+                    return False
+                return True
+
+        jobs = [one(self._write(ns, uid, text)) for ns, uid in namespaces.items() if self.published.get(ns) != text]
+        jobs += [one(self._withdraw(ns)) for ns in list(self.published) if ns not in namespaces]
+        return all(await asyncio.gather(*jobs))
+
+    async def _write(self, namespace: str, uid: str, text: str) -> None:
+        if not bundles.fits(text, self.cfg.bundle_max_bytes):
+            await self._warn_oversized(namespace, uid, text)
+            return
+        if await objects.ensure_configmap(self.kube, bundles.build_configmap(namespace, text)):
+            logger.info("Updated the trust bundle in %s/%s", namespace, settings.TRUST_BUNDLE_CONFIGMAP)
+        self.published[namespace] = text
+        self.warned.pop(namespace, None)
+
+    async def _warn_oversized(self, namespace: str, uid: str, text: str) -> None:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if self.warned.get(namespace) == digest:
+            return
+        message = (
+            f"the trust bundle would be {len(text.encode())} bytes, over the limit of {self.cfg.bundle_max_bytes};"
+            " the previous bundle was kept unchanged. Remove unused ServiceAccountKeys or split tenants."
+        )
+        involved = {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": uid}
+        await objects.post_event(self.kube, involved, namespace, "TrustBundleTooLarge", message)
+        logger.error("Did not update the trust bundle in %s: %s", namespace, message)
+        self.warned[namespace] = digest
+
+    async def _withdraw(self, namespace: str) -> None:
+        if await objects.delete_configmap_if_ours(self.kube, namespace, settings.TRUST_BUNDLE_CONFIGMAP):
+            logger.info("Removed the trust bundle from %s: the namespace no longer opts in", namespace)
+        self.published.pop(namespace, None)
+        self.warned.pop(namespace, None)
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """Runs for the operator's lifetime; every failure is logged and retried, never fatal."""
+    await memo.hub.indexed.wait()
+    publisher = Publisher(memo.kube, memo.cfg)
+    while True:
+        timeout = IDLE_SECONDS
+        try:
+            now = _utcnow()
+            await memo.revocations.prune(now)
+            current = inputs(memo, indexes)
+            text = bundles.render(bundles.document(current, now))
+            namespaces = {ns: uid for ns, store in indexes["trust_bundle_namespaces_index"].items() for uid in store}
+            ok = await publisher.sync(namespaces, text)
+            upcoming = bundles.next_change(current, now)
+            if upcoming is not None:
+                timeout = min(timeout, max((upcoming - _utcnow()).total_seconds(), 0.0) + 0.01)
+            if not ok:
+                timeout = min(timeout, RETRY_SECONDS)
+        except (errors.TesseraError, OSError) as exc:
+            logger.error("Failed to publish trust bundles, will retry: %s", exc)
+            timeout = RETRY_SECONDS
+        except Exception:  # a bug must not silently end publishing for the operator's lifetime
+            logger.exception("Unexpected failure while publishing trust bundles, will retry")
+            timeout = RETRY_SECONDS
+        await memo.hub.wait(timeout)
+        await asyncio.sleep(DEBOUNCE_SECONDS)

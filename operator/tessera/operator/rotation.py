@@ -1,0 +1,79 @@
+"""Issuer keys at run time: the rotation schedule (a background task) and reloading on every change.
+
+Every change of the key Secret, ours or a peer's, arrives through one watch handler, which swaps
+the in-memory key set, republishes the issuer JWKS and wakes the bundle publisher. The rotation
+task only writes the Secret (with optimistic concurrency, so racing replicas rotate once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from tessera import errors
+from tessera.core import issuer, secrets, settings
+from tessera.kube import issuerkeys, objects
+
+logger = logging.getLogger("tessera.issuer")
+
+IDLE_SECONDS = 300.0
+RETRY_SECONDS = 10.0
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def adopt(memo: Any, keyset: issuer.KeySet) -> None:
+    """Make ``keyset`` the one in use, publish it, and wake whoever depends on it."""
+    if [k.kid for k in keyset] == [k.kid for k in memo.keyset]:
+        return
+    memo.keyset = keyset
+    memo.keys_changed.set()
+    memo.hub.touch()
+    logger.info("Loaded issuer keys %s", [k.kid for k in keyset])
+    cfg: settings.Settings = memo.cfg
+    if await objects.ensure_configmap(memo.kube, secrets.build_jwks_configmap(keyset, cfg)):
+        logger.info("Published the issuer JWKS in %s/%s", cfg.namespace, settings.ISSUER_JWKS_CONFIGMAP)
+
+
+async def issuer_keys_changed(body: kopf.Body, memo: Any, type: str | None, **_: Any) -> None:
+    """Watch handler for the issuer key Secret."""
+    if type == "DELETED":
+        logger.warning("The issuer key Secret was deleted; the keys in memory keep signing until restart")
+        return
+    try:
+        keyset = issuer.loads(objects.secret_text(dict(body), issuerkeys.KEYS_DATA_KEY))
+    except errors.KeyMaterialError as exc:
+        logger.error("Ignored a change of the issuer key Secret: %s", exc)
+        return
+    await adopt(memo, keyset)
+
+
+async def rotate_forever(memo: Any) -> None:
+    """Apply the schedule whenever something is due; runs for the operator's lifetime."""
+    cfg: settings.Settings = memo.cfg
+    while True:
+        timeout = IDLE_SECONDS
+        try:
+            rotated = await issuerkeys.rotate(memo.kube, cfg, _utcnow())
+            if rotated is not None:
+                logger.info("Rotated the issuer keys; now %s", [k.kid for k in rotated])
+                await adopt(memo, rotated)
+            upcoming = issuer.next_rotation_event(memo.keyset, cfg)
+            if upcoming is not None:
+                timeout = min(timeout, max((upcoming - _utcnow()).total_seconds(), 0.0) + 0.01)
+        except (errors.TesseraError, OSError) as exc:
+            logger.error("Failed to rotate the issuer keys, will retry: %s", exc)
+            timeout = RETRY_SECONDS
+        except Exception:  # a bug must not silently end rotation for the operator's lifetime
+            logger.exception("Unexpected failure while rotating the issuer keys, will retry")
+            timeout = RETRY_SECONDS
+        memo.keys_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(memo.keys_changed.wait(), timeout)

@@ -1,0 +1,63 @@
+"""Runtime state shared by handlers and the background tasks, kept on Kopf's memo.
+
+:class:`Hub` wakes the trust bundle publisher whenever one of its inputs changed. :class:`RevocationStore`
+holds the revocations and persists every change in a ConfigMap before anyone relies on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+
+from tessera.core import revocations, secrets, settings
+from tessera.kube import client, objects
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+        # Kopf calls no handler before every index is filled from its initial listing; the first
+        # handler call sets this, so nothing is published from half-known state after a restart.
+        self.indexed = asyncio.Event()
+
+    def touch(self) -> None:
+        self._changed.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until something changed or ``seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
+        self._changed.clear()
+
+
+class RevocationStore:
+    def __init__(
+        self, kube: client.Clients, cfg: settings.Settings, hub: Hub, current: dict[str, revocations.Revocation]
+    ) -> None:
+        self._kube, self._cfg, self._hub = kube, cfg, hub
+        self._lock = asyncio.Lock()
+        self.current: dict[str, revocations.Revocation] = current
+
+    @classmethod
+    async def load(cls, kube: client.Clients, cfg: settings.Settings, hub: Hub) -> RevocationStore:
+        """Read the stored revocations; a malformed store stops start-up rather than forgetting them."""
+        data = await objects.read_configmap_data(kube, cfg.namespace, settings.REVOCATIONS_CONFIGMAP)
+        text = (data or {}).get(secrets.REVOCATIONS_KEY)
+        return cls(kube, cfg, hub, revocations.loads(text) if text else {})
+
+    async def revoke(self, subject: str, now: datetime.datetime, alive_until: datetime.datetime) -> None:
+        async with self._lock:
+            current = revocations.pruned(self.current, now)
+            await self._save(revocations.revoke(current, subject, now, alive_until, self._cfg.clock_leeway))
+
+    async def prune(self, now: datetime.datetime) -> None:
+        async with self._lock:
+            kept = revocations.pruned(self.current, now)
+            if kept != self.current:
+                await self._save(kept)
+
+    async def _save(self, new: dict[str, revocations.Revocation]) -> None:
+        await objects.ensure_configmap(self._kube, secrets.build_revocations_configmap(new, self._cfg))
+        self.current = new
+        self._hub.touch()

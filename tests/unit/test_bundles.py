@@ -1,0 +1,98 @@
+"""Trust bundle content: deterministic bytes, expiry, ambiguity, accounts gone or disabled, size, timing."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from tessera.core import accountkeys, bundles, issuer, revocations
+from tessera.crypto import keys
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
+KEYSET = issuer.initial("ES256", NOW)
+BILLING = "urn:tessera:serviceaccount:shop:billing"
+LEDGER = "urn:tessera:serviceaccount:shop:ledger"
+
+
+def registered(
+    name: str, subject: str, key: keys.PublicKey, expires: datetime.datetime | None = None
+) -> accountkeys.RegisteredKey:
+    kid = keys.thumbprint(key)
+    jwk = {**keys.public_jwk(key, kid), "sub": subject}
+    if expires is not None:
+        jwk["exp"] = int(expires.timestamp())
+    return accountkeys.RegisteredKey("shop", name, subject, kid, keys.algorithm_for(key), jwk, expires)
+
+
+def accounts(*subjects: str, disabled: tuple[str, ...] = ()) -> list[bundles.Account]:
+    return [bundles.Account(s, ("10.0.0.0/8",) if s == BILLING else (), s in disabled) for s in subjects]
+
+
+def inputs(**changes: object) -> bundles.Inputs:
+    base: dict[str, object] = {
+        "issuer_url": "https://issuer.test",
+        "keyset": KEYSET,
+        "account_keys": [],
+        "revocations": {},
+        "accounts": accounts(BILLING, LEDGER),
+    }
+    return bundles.Inputs(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_equal_inputs_render_equal_bytes_whatever_their_order() -> None:
+    a = registered("a", BILLING, keys.generate("ES256").public_key())
+    b = registered("b", LEDGER, keys.generate("EdDSA").public_key())
+    one = bundles.render(bundles.document(inputs(account_keys=[a, b]), NOW))
+    two = bundles.render(bundles.document(inputs(account_keys=[b, a], accounts=accounts(LEDGER, BILLING)), NOW))
+    assert one == two
+    doc = json.loads(one)
+    assert doc["version"] == 1 and doc["issuer"] == "https://issuer.test"
+    assert [k["kid"] for k in doc["issuerKeys"]["keys"]] == [KEYSET[0].kid]
+    assert [k["kid"] for k in doc["serviceAccountKeys"]["keys"]] == sorted([a.kid, b.kid])
+    assert doc["accounts"] == {BILLING: {"cidrs": ["10.0.0.0/8"]}}
+    assert all("d" not in k for k in doc["serviceAccountKeys"]["keys"] + doc["issuerKeys"]["keys"])
+
+
+def test_expired_keys_leave_and_their_expiry_is_the_next_change() -> None:
+    soon = NOW + datetime.timedelta(minutes=5)
+    key = registered("a", BILLING, keys.generate("ES256").public_key(), expires=soon)
+    current = inputs(account_keys=[key])
+    assert len(bundles.document(current, NOW)["serviceAccountKeys"]["keys"]) == 1
+    assert bundles.next_change(current, NOW) == soon
+    assert bundles.document(current, soon)["serviceAccountKeys"]["keys"] == []
+
+
+def test_a_kid_claimed_by_two_subjects_is_trusted_for_neither() -> None:
+    public = keys.generate("ES256").public_key()
+    doc = bundles.document(
+        inputs(account_keys=[registered("a", BILLING, public), registered("b", LEDGER, public)]), NOW
+    )
+    assert doc["serviceAccountKeys"]["keys"] == []
+
+
+def test_keys_of_deleted_or_disabled_accounts_leave_at_once() -> None:
+    key = registered("a", BILLING, keys.generate("ES256").public_key())
+    assert (
+        bundles.document(inputs(account_keys=[key], accounts=accounts(LEDGER)), NOW)["serviceAccountKeys"]["keys"] == []
+    )
+    disabled = accounts(BILLING, disabled=(BILLING,))
+    assert bundles.document(inputs(account_keys=[key], accounts=disabled), NOW)["serviceAccountKeys"]["keys"] == []
+
+
+def test_revocations_appear_until_pruned() -> None:
+    revoked = revocations.revoke({}, BILLING, NOW, NOW + datetime.timedelta(minutes=1), datetime.timedelta(seconds=60))
+    current = inputs(revocations=revoked)
+    doc = bundles.document(current, NOW)
+    assert doc["revocations"] == [{"sub": BILLING, "notBefore": int(NOW.timestamp())}]
+    prune_at = revoked[BILLING].prune_after
+    assert bundles.next_change(current, NOW) == prune_at
+    assert bundles.document(current, prune_at)["revocations"] == []
+
+
+def test_size_limit_and_configmap_shape() -> None:
+    text = bundles.render(bundles.document(inputs(), NOW))
+    assert bundles.fits(text, len(text)) and not bundles.fits(text, len(text) - 1)
+    manifest = bundles.build_configmap("shop", text)
+    assert manifest["metadata"]["name"] == "tessera-trust-bundle"
+    assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "tessera"
+    assert manifest["data"] == {"bundle.json": text}
