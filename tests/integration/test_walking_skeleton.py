@@ -22,6 +22,7 @@ from tessera.kube import client as kube_client
 from tessera.kube import issuerkeys
 from tests import waiting
 from tests.harness import EXAMPLES, Cluster, Operator, create_namespace
+from tests.resources import bundle_kids
 
 GROUP, VERSION, PLURAL = meta.GROUP, meta.VERSION, "serviceaccounts"
 
@@ -52,7 +53,7 @@ def apply_sa(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) 
 
 def test_example_serviceaccount_gets_a_verifiable_token(cluster: Cluster, operator: Operator) -> None:
     started = time.monotonic()
-    cluster.kubectl("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f", str(EXAMPLES / "10-serviceaccount.yaml"))
+    cluster.kubectl("apply", "-f", str(EXAMPLES))  # as the README says
     try:
         cluster.kubectl(
             "wait", "--for=condition=Ready", "--timeout=60s", "-n", "shop", "serviceaccounts.iam.tessera.dev/billing"
@@ -78,8 +79,19 @@ def test_example_serviceaccount_gets_a_verifiable_token(cluster: Cluster, operat
         assert claims["exp"] - claims["iat"] == 900 and claims["cidrs"] == ["10.0.0.0/8"]
         expires = datetime.datetime.fromisoformat(status["tokenExpiresAt"])
         assert int(expires.timestamp()) == claims["exp"]
+        for sak in ("billing-generated", "billing-laptop"):
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=60s",
+                "-n",
+                "shop",
+                f"serviceaccountkeys.iam.tessera.dev/{sak}",
+            )
+        laptop = cluster.custom_object("shop", "serviceaccountkeys", "billing-laptop")["status"]["keyId"]
+        waiting.until(lambda: laptop in bundle_kids(cluster, "shop", "serviceAccountKeys"), what="the trust bundle")
         listed = cluster.kubectl("get", "tessera", "-n", "shop").stdout
-        assert "billing" in listed and "True" in listed
+        assert "billing" in listed and "billing-laptop" in listed and "False" not in listed
     finally:
         cluster.kubectl("delete", "-f", str(EXAMPLES / "00-namespace.yaml"), "--wait=false")
 

@@ -43,3 +43,13 @@ def test_storage_round_trips_and_refuses_garbage() -> None:
     assert revocations.loads(revocations.dumps(revoked)) == revoked
     with pytest.raises(errors.ConfigError, match="revocations are malformed"):
         revocations.loads('{"revocations": [{"subject": 1}]}')
+
+
+def test_a_token_issued_just_ahead_of_now_is_still_covered() -> None:
+    # Right after a re-enable the newest token's iat may be up to a second ahead of the clock.
+    ahead = NOW.replace(microsecond=0) + datetime.timedelta(seconds=1)
+    revoked = revocations.revoke({}, SUB, NOW, NOW + datetime.timedelta(minutes=1), LEEWAY, last_issued=ahead)
+    assert int(revoked[SUB].not_before.timestamp()) > int(ahead.timestamp())
+    exact = NOW.replace(microsecond=0)  # revoked at the very second a token was issued
+    again = revocations.revoke({}, SUB, exact, exact, LEEWAY, last_issued=exact)
+    assert int(again[SUB].not_before.timestamp()) > int(exact.timestamp())

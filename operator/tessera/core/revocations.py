@@ -41,10 +41,14 @@ def revoke(
     now: datetime.datetime,
     alive_until: datetime.datetime,
     leeway: datetime.timedelta,
+    last_issued: datetime.datetime | None = None,
 ) -> dict[str, Revocation]:
     """Add (or tighten) the revocation of ``subject``; ``alive_until`` is when its last token expires,
-    ``leeway`` how long past that verifiers may still accept it."""
+    ``leeway`` how long past that verifiers may still accept it, ``last_issued`` the ``iat`` of its
+    newest token (which may be up to a second ahead of ``now`` right after a re-enable)."""
     not_before = _ceil_second(now)
+    if last_issued is not None:
+        not_before = max(not_before, _ceil_second(last_issued + datetime.timedelta(seconds=1)))
     prune_after = max(alive_until, not_before) + leeway
     previous = current.get(subject)
     if previous is not None:

@@ -38,8 +38,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     cfg: core_settings.Settings = memo.cfg
     memo.kube = client.connect()
     memo.locks, memo.written = {}, {}
-    memo.hub, memo.keys_changed = state.Hub(), asyncio.Event()
-    memo.keyset = ()
+    memo.hub, memo.issuer_keys = state.Hub(), state.Keys()
     await rotation.adopt(memo, await issuerkeys.load_or_create(memo.kube, cfg, datetime.datetime.now(datetime.UTC)))
     memo.revocations = await state.RevocationStore.load(memo.kube, cfg, memo.hub)
     logger.info(

@@ -37,7 +37,7 @@ def inputs(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> bundles.In
     cfg: settings.Settings = memo.cfg
     return bundles.Inputs(
         issuer_url=cfg.issuer,
-        keyset=memo.keyset,
+        keyset=memo.issuer_keys.current,
         account_keys=_values(indexes["serviceaccountkeys_index"]),
         revocations=memo.revocations.current,
         accounts=_values(indexes["serviceaccounts_index"]),
@@ -86,7 +86,7 @@ class Publisher:
             f"the trust bundle would be {len(text.encode())} bytes, over the limit of {self.cfg.bundle_max_bytes};"
             " the previous bundle was kept unchanged. Remove unused ServiceAccountKeys or split tenants."
         )
-        involved = {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": uid}
+        involved = {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "namespace": namespace, "uid": uid}
         await objects.post_event(self.kube, involved, namespace, "TrustBundleTooLarge", message)
         logger.error("Did not update the trust bundle in %s: %s", namespace, message)
         self.warned[namespace] = digest

@@ -31,10 +31,8 @@ def _utcnow() -> datetime.datetime:
 
 async def adopt(memo: Any, keyset: issuer.KeySet) -> None:
     """Make ``keyset`` the one in use, publish it, and wake whoever depends on it."""
-    if [k.kid for k in keyset] == [k.kid for k in memo.keyset]:
+    if not memo.issuer_keys.replace(keyset):
         return
-    memo.keyset = keyset
-    memo.keys_changed.set()
     memo.hub.touch()
     logger.info("Loaded issuer keys %s", [k.kid for k in keyset])
     cfg: settings.Settings = memo.cfg
@@ -65,7 +63,7 @@ async def rotate_forever(memo: Any) -> None:
             if rotated is not None:
                 logger.info("Rotated the issuer keys; now %s", [k.kid for k in rotated])
                 await adopt(memo, rotated)
-            upcoming = issuer.next_rotation_event(memo.keyset, cfg)
+            upcoming = issuer.next_rotation_event(memo.issuer_keys.current, cfg)
             if upcoming is not None:
                 timeout = min(timeout, max((upcoming - _utcnow()).total_seconds(), 0.0) + 0.01)
         except (errors.TesseraError, OSError) as exc:
@@ -74,6 +72,6 @@ async def rotate_forever(memo: Any) -> None:
         except Exception:  # a bug must not silently end rotation for the operator's lifetime
             logger.exception("Unexpected failure while rotating the issuer keys, will retry")
             timeout = RETRY_SECONDS
-        memo.keys_changed.clear()
+        memo.issuer_keys.changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memo.keys_changed.wait(), timeout)
+            await asyncio.wait_for(memo.issuer_keys.changed.wait(), timeout)

@@ -64,10 +64,10 @@ async def serviceaccount_reconcile(
         now = utcnow()
         observed = _observed(memo, kw["token_secrets_index"], ref)
         not_before = revocations.not_before(memo.revocations.current, sa.subject)
-        decision = tokens.decide(sa, observed, memo.keyset, memo.cfg, now, not_before)
+        decision = tokens.decide(sa, observed, memo.issuer_keys.current, memo.cfg, now, not_before)
         try:
             if isinstance(decision, tokens.Withdraw) and decision.pending and observed is not None:
-                await memo.revocations.revoke(sa.subject, now, tokens.alive_until(observed, now, memo.cfg))
+                await memo.revocations.revoke(sa.subject, now, observed)
                 logger.info("Revoked the tokens issued so far in every trust bundle: the account is disabled")
             await _apply(memo.kube, sa, body, decision, observed is not None)
         except errors.Conflict as exc:
@@ -98,7 +98,7 @@ async def serviceaccount_delete(memo: Any, body: kopf.Body, logger: kopf.Logger,
     observed = _observed(memo, kw["token_secrets_index"], ref)
     if observed is not None:
         try:
-            await memo.revocations.revoke(sa.subject, now, tokens.alive_until(observed, now, memo.cfg))
+            await memo.revocations.revoke(sa.subject, now, observed)
         except errors.KubeError as exc:
             raise kopf.TemporaryError(f"{exc}; will retry", delay=TRANSIENT_DELAY) from exc
         logger.info("Revoked the tokens issued so far in every trust bundle: the account was deleted")

@@ -1,6 +1,7 @@
 """Runtime state shared by handlers and the background tasks, kept on Kopf's memo.
 
-:class:`Hub` wakes the trust bundle publisher whenever one of its inputs changed. :class:`RevocationStore`
+:class:`Keys` holds the issuer key set in use. :class:`Hub` wakes the trust bundle publisher whenever one
+of its inputs changed. :class:`RevocationStore`
 holds the revocations and persists every change in a ConfigMap before anyone relies on it.
 """
 
@@ -10,7 +11,7 @@ import asyncio
 import contextlib
 import datetime
 
-from tessera.core import revocations, secrets, settings
+from tessera.core import issuer, revocations, secrets, settings, tokens
 from tessera.kube import client, objects
 
 
@@ -31,6 +32,23 @@ class Hub:
         self._changed.clear()
 
 
+class Keys:
+    """The issuer key set in use. Kopf hands each object's handlers a shallow copy of the memo, so
+    anything reassigned at run time lives in a shared object like this one, never on the memo itself."""
+
+    def __init__(self) -> None:
+        self.current: issuer.KeySet = ()
+        self.changed = asyncio.Event()
+
+    def replace(self, keyset: issuer.KeySet) -> bool:
+        """Use ``keyset`` from now on; return whether it differs from the one in use."""
+        if sorted(k.kid for k in keyset) == sorted(k.kid for k in self.current):
+            return False
+        self.current = keyset
+        self.changed.set()
+        return True
+
+
 class RevocationStore:
     def __init__(
         self, kube: client.Clients, cfg: settings.Settings, hub: Hub, current: dict[str, revocations.Revocation]
@@ -46,10 +64,14 @@ class RevocationStore:
         text = (data or {}).get(secrets.REVOCATIONS_KEY)
         return cls(kube, cfg, hub, revocations.loads(text) if text else {})
 
-    async def revoke(self, subject: str, now: datetime.datetime, alive_until: datetime.datetime) -> None:
+    async def revoke(self, subject: str, now: datetime.datetime, token: tokens.ObservedToken) -> None:
+        """Revoke every token of ``subject`` issued so far; ``token`` is the newest one's facts."""
+        alive_until = tokens.alive_until(token, now, self._cfg)
+        last_issued = None if token is tokens.UNKNOWN else token.issued_at
         async with self._lock:
             current = revocations.pruned(self.current, now)
-            await self._save(revocations.revoke(current, subject, now, alive_until, self._cfg.clock_leeway))
+            leeway = self._cfg.clock_leeway
+            await self._save(revocations.revoke(current, subject, now, alive_until, leeway, last_issued))
 
     async def prune(self, now: datetime.datetime) -> None:
         async with self._lock:

@@ -1,0 +1,158 @@
+"""Operating the issuer, each on a control plane of its own: scheduled key rotation with publish-before-
+sign and retirement only after every token has expired, two replicas racing at start, a restart that
+rewrites nothing, and a bundle that would exceed its size limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import datetime
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import kubernetes
+import pytest
+
+from tessera.core import settings
+from tests import waiting
+from tests.harness import Cluster, Operator, create_namespace, start_operator, stop_operator
+from tests.resources import SA, SAK, apply, bundle, bundle_kids, reason_is, token_in, warnings
+
+
+@pytest.fixture
+def operators(private_cluster: Cluster, tmp_path: Path) -> Iterator[list[Operator]]:
+    """Operators a test starts (stopped afterwards, their logs printed on failure)."""
+    started: list[Operator] = []
+    yield started
+    for running in started:
+        stop_operator(running)
+
+
+def launch(cluster: Cluster, namespace: str, log: Path, started: list[Operator], **env: str) -> Operator:
+    running = start_operator(cluster, namespace, log, extra_env=env)
+    started.append(running)
+    return running
+
+
+def stored_keys(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    secret = cluster.secret(namespace, settings.ISSUER_KEYS_SECRET) or {}
+    keys: list[dict[str, Any]] = json.loads(base64.b64decode(secret["data"]["keys.json"]))["keys"]
+    return keys
+
+
+def kid_of(cluster: Cluster, namespace: str, secret: str) -> str | None:
+    token = token_in(cluster, namespace, secret)
+    return jwt.get_unverified_header(token)["kid"] if token else None
+
+
+def test_rotation_publishes_before_signing_and_retires_after_the_last_token_expires(
+    private_cluster: Cluster, operators: list[Operator], tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    home = create_namespace(cluster, "tessera-system")
+    env = {
+        "TESSERA_KEY_ROTATION_HOURS": str(20 / 3600),
+        "TESSERA_KEY_PUBLISH_LEAD_SECONDS": "6",
+        "TESSERA_MAX_TOKEN_TTL_SECONDS": "60",
+    }
+    launch(cluster, home, tmp_path / "operator.log", operators, **env)
+    apps = create_namespace(cluster, "apps")
+    cluster.core.patch_namespace(apps, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
+    apply(cluster, apps, SA, "svc", {"token": {"ttlSeconds": 3600}})  # capped at 60 s by the operator
+    [first] = stored_keys(cluster, home)
+    waiting.until(lambda: kid_of(cluster, apps, "svc-tessera-token") == first["kid"], what="a token by the first key")
+
+    def published_before_used() -> bool:
+        published = bundle_kids(cluster, apps, "issuerKeys")
+        used = kid_of(cluster, apps, "svc-tessera-token")
+        assert used in published, f"a token carries kid {used}, which the bundle {published} does not hold yet"
+        return len(published) == 2
+
+    waiting.until(published_before_used, timeout=60, interval=0.2, what="the next key published")
+    second = next(k for k in stored_keys(cluster, home) if k["kid"] != first["kid"])
+    takeover = datetime.datetime.fromisoformat(second["signsFrom"])
+    assert kid_of(cluster, apps, "svc-tessera-token") == first["kid"]  # it does not sign before its lead is over
+
+    def reissued_by_the_new_key() -> bool:
+        published_before_used()
+        if datetime.datetime.now(datetime.UTC) < takeover:
+            return False
+        apply(cluster, apps, SA, "svc", {"token": {"ttlSeconds": 3600, "audiences": ["after-rotation"]}})
+        return bool(kid_of(cluster, apps, "svc-tessera-token") == second["kid"])
+
+    waiting.until(reissued_by_the_new_key, timeout=60, what="a token signed by the new key")
+    old_token_expiry = takeover + datetime.timedelta(seconds=60)  # the last token the old key signed
+    waiting.until(lambda: first["kid"] not in bundle_kids(cluster, apps, "issuerKeys"), timeout=150, what="retired")
+    assert datetime.datetime.now(datetime.UTC) >= old_token_expiry + datetime.timedelta(seconds=5)
+    assert first["kid"] not in {k["kid"] for k in stored_keys(cluster, home)}
+
+
+def test_two_replicas_racing_at_start_share_one_key_set_and_a_restart_rewrites_nothing(
+    private_cluster: Cluster, operators: list[Operator], tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    home = create_namespace(cluster, "tessera-system")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        racing = [pool.submit(launch, cluster, home, tmp_path / f"replica-{i}.log", operators) for i in range(2)]
+        replicas = [r.result() for r in racing]
+    [stored] = stored_keys(cluster, home)
+    for replica in replicas:
+        assert f"Loaded issuer keys ['{stored['kid']}']" in replica.logs()
+        stop_operator(replica)
+    operators.clear()
+
+    apps = create_namespace(cluster, "apps")
+    cluster.core.patch_namespace(apps, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
+    for name in ("a", "b", "c"):
+        apply(cluster, apps, SA, name, {"allowedCIDRs": ["10.1.0.0/16"]} if name == "a" else {})
+    apply(cluster, apps, SAK, "a-key", {"serviceAccountName": "a", "generate": {}})
+    launch(cluster, home, tmp_path / "first.log", operators)
+    waiting.until(lambda: reason_is(cluster, apps, SAK, "a-key", "KeyGenerated"), what="the key generated")
+    waiting.until(lambda: len(bundle_kids(cluster, apps, "serviceAccountKeys")) == 1, what="the key in the bundle")
+    for name in ("a", "b", "c"):
+        waiting.until(lambda n=name: reason_is(cluster, apps, SA, n, "TokenIssued"), what=f"{name} Ready")  # type: ignore[misc]
+    stop_operator(operators.pop())
+
+    secrets_before = cluster.to_dict(cluster.core.list_namespaced_secret(apps))["metadata"]["resourceVersion"]
+    launch(cluster, home, tmp_path / "second.log", operators)
+    apply(cluster, apps, SA, "probe", {})  # proves the restarted operator reconciles
+    waiting.until(lambda: reason_is(cluster, apps, SA, "probe", "TokenIssued"), what="the probe Ready")
+    changed = []
+    for lister in (cluster.core.list_namespaced_secret, cluster.core.list_namespaced_config_map):
+        # Watch for four refresh ticks (2 s each) from before the restart: only the probe's Secret may appear.
+        for event in kubernetes.watch.Watch().stream(lister, apps, resource_version=secrets_before, timeout_seconds=8):
+            name = event["object"].metadata.name
+            if name != "probe-tessera-token":
+                changed.append((event["type"], name))
+    assert changed == [], changed
+    assert bundle(cluster, apps) is not None
+
+
+def test_a_bundle_over_the_limit_is_not_written_and_the_namespace_is_warned(
+    private_cluster: Cluster, operators: list[Operator], tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    home = create_namespace(cluster, "tessera-system")
+    launch(cluster, home, tmp_path / "operator.log", operators, TESSERA_BUNDLE_MAX_BYTES="2500")
+    apps = create_namespace(cluster, "apps")
+    cluster.core.patch_namespace(apps, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
+    apply(cluster, apps, SA, "big", {})
+    for i in range(2):
+        apply(cluster, apps, SAK, f"rsa-{i}", {"serviceAccountName": "big", "generate": {"algorithm": "RS256"}})
+    waiting.until(lambda: len(bundle_kids(cluster, apps, "serviceAccountKeys")) == 2, what="two keys published")
+    whole = bundle(cluster, apps)
+    for i in range(2, 5):
+        apply(cluster, apps, SAK, f"rsa-{i}", {"serviceAccountName": "big", "generate": {"algorithm": "RS256"}})
+    for i in range(2, 5):
+        waiting.until(lambda n=f"rsa-{i}": reason_is(cluster, apps, SAK, n, "KeyGenerated"), what="generated")  # type: ignore[misc]
+    [event] = waiting.until(lambda: warnings(cluster, apps, "TrustBundleTooLarge"), what="a Warning on the namespace")
+    assert event["involvedObject"]["kind"] == "Namespace" and "over the limit of 2500" in event["message"]
+    assert bundle(cluster, apps) == whole  # the previous bundle stays whole
+    for i in (0, 3, 4):
+        cluster.kubectl("delete", "-n", apps, f"serviceaccountkeys.iam.tessera.dev/rsa-{i}")
+    back = {cluster.custom_object(apps, SAK, f"rsa-{i}")["status"]["keyId"] for i in (1, 2)}
+    waiting.until(lambda: bundle_kids(cluster, apps, "serviceAccountKeys") == back, what="written again once it fits")
