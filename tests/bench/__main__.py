@@ -3,7 +3,9 @@
 - crypto: sign and verify rates per algorithm; PyJWT decode next to raw ``cryptography`` verify.
 - apply -> Ready: p50/p99 over sequential ServiceAccounts, next to the bare API server's
   create -> watch-event latency for a ConfigMap (the floor any controller sits on).
-- burst: N ServiceAccounts created at once -> all Ready; total time, rate, operator RSS.
+- burst: N ServiceAccounts created at once -> all Ready; total time, rate, operator RSS, and how
+  often the trust bundle of their (opted-in) namespace was rewritten meanwhile.
+- disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
 from tessera.api import meta
-from tessera.core import issuer
+from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tessera.envtest import assets, controlplane
-from tests import harness, waiting
+from tests import harness, resources, waiting
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -181,6 +183,61 @@ def sequential_ready(cluster: harness.Cluster, namespace: str, count: int) -> di
     return percentiles(samples)
 
 
+def opt_in(cluster: harness.Cluster, namespace: str) -> None:
+    cluster.core.patch_namespace(namespace, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
+
+
+def revoked_subjects(bundle_json: str) -> set[str]:
+    return {r["sub"] for r in json.loads(bundle_json)["revocations"]}
+
+
+def revocation_latency(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
+    """disable a Ready account -> its revocation in the namespace's trust bundle, seen on a watch."""
+    watcher = ReadyWatcher(cluster, namespace)
+    samples = []
+    try:
+        for i in range(count):
+            name = f"rev-{i}"
+            create_sa(cluster, namespace, name)
+            waiting.until(functools.partial(watcher.ready_at, name), timeout=60, interval=0.01, what=f"{name} Ready")
+            subject = f"urn:tessera:serviceaccount:{namespace}:{name}"
+            rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
+            stream = kubernetes.watch.Watch().stream(
+                cluster.core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=30,
+                field_selector=f"metadata.name={settings.TRUST_BUNDLE_CONFIGMAP}",
+            )  # fmt: skip
+            started = time.monotonic()
+            cluster.custom.patch_namespaced_custom_object(
+                meta.GROUP, meta.VERSION, namespace, "serviceaccounts", name, {"spec": {"disabled": True}}
+            )
+            next(e for e in stream if subject in revoked_subjects(e["object"].data["bundle.json"]))
+            samples.append(time.monotonic() - started)
+    finally:
+        watcher.stop()
+    return percentiles(samples)
+
+
+class BundleWrites:
+    """Counts writes of a namespace's trust bundle (a watch in a thread)."""
+
+    def __init__(self, cluster: harness.Cluster, namespace: str) -> None:
+        self.writes = 0
+        self._watch = kubernetes.watch.Watch()
+        rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
+        args = (cluster.core.list_namespaced_config_map, namespace)
+        kwargs = {"resource_version": rv, "field_selector": f"metadata.name={settings.TRUST_BUNDLE_CONFIGMAP}"}
+        self._thread = threading.Thread(target=self._count, args=(args, kwargs), daemon=True)
+        self._thread.start()
+
+    def _count(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for _ in self._watch.stream(*args, **kwargs):
+            self.writes += 1
+
+    def stop(self) -> int:
+        self._watch.stop()
+        return self.writes
+
+
 def rss_kib(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
@@ -188,6 +245,9 @@ def rss_kib(pid: int) -> dict[str, int]:
 
 
 def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_pid: int) -> dict[str, Any]:
+    opt_in(cluster, namespace)
+    waiting.until(lambda: resources.bundle(cluster, namespace), what="a trust bundle")
+    writes = BundleWrites(cluster, namespace)
     watcher = ReadyWatcher(cluster, namespace)
     idle = rss_kib(operator_pid)
     started = time.monotonic()
@@ -206,6 +266,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
         "ready_per_s": count / total,
         "operator_idle": idle,
         "operator_after": rss_kib(operator_pid),
+        "bundle_writes_during_burst": writes.stop(),
     }
 
 
@@ -237,6 +298,13 @@ def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
                 "apply_to_ready": sequential_ready(cluster, harness.create_namespace(cluster, "seq"), sequential),
                 "burst": burst_ready(cluster, harness.create_namespace(cluster, "burst"), burst, operator.process.pid),
             }
+            revoking = harness.create_namespace(cluster, "revoke")
+            opt_in(cluster, revoking)
+            results["disable_to_revocation_in_bundle"] = revocation_latency(cluster, revoking, min(sequential, 20))
+            results["revocation_over_baseline_p50"] = (
+                results["disable_to_revocation_in_bundle"]["p50_ms"]
+                / results["baseline_configmap_create_to_watch"]["p50_ms"]
+            )
             results["apply_to_ready_over_baseline_p50"] = (
                 results["apply_to_ready"]["p50_ms"] / results["baseline_configmap_create_to_watch"]["p50_ms"]
             )

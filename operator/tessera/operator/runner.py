@@ -13,12 +13,13 @@ from tessera.operator import handlers
 
 
 class QuietTimers(logging.Filter):
-    """Drop Kopf's per-tick "Timer ... succeeded" lines: a thousand accounts would log thousands a minute."""
+    """Drop Kopf's per-tick "Timer ... succeeded" lines and the per-event "Handler 'bundle-inputs'
+    succeeded" lines: a thousand accounts would log thousands a minute and hide what happened."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.levelno <= logging.INFO and str(record.msg).startswith("Timer ") and "succeeded" in str(record.msg)
-        )
+        text = str(record.msg)
+        routine = (text.startswith("Timer ") and "succeeded" in text) or text == "Handler 'bundle-inputs' succeeded."
+        return not (record.levelno <= logging.INFO and routine)
 
 
 def run(args: argparse.Namespace) -> int:
