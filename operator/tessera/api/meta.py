@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import pydantic
 from pydantic import alias_generators
@@ -102,3 +102,22 @@ class Metadata(Model):
     generation: int | None = None
     labels: dict[str, str] = pydantic.Field(default_factory=dict)
     annotations: dict[str, str] = pydantic.Field(default_factory=dict)
+
+
+class Resource(Model):
+    """Base of the resource models: metadata, the names handlers use, and parsing a body."""
+
+    metadata: Metadata
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @classmethod
+    def parse(cls, body: Any) -> Self:
+        """Parse a resource body as Kopf or the API server gives it."""
+        return cls.model_validate(dict(body))

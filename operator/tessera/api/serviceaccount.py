@@ -7,7 +7,7 @@ holding an access token (RFC 9068 style, ``typ: at+jwt``) for the workload to mo
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydantic
 
@@ -99,24 +99,10 @@ class ServiceAccountStatus(meta.Model):
     key_id: str | None = pydantic.Field(default=None, description="kid of the issuer key that signed the token.")
 
 
-class ServiceAccount(meta.Model):
-    metadata: meta.Metadata
+class ServiceAccount(meta.Resource):
     spec: ServiceAccountSpec = pydantic.Field(default_factory=ServiceAccountSpec)
     status: ServiceAccountStatus = pydantic.Field(default_factory=ServiceAccountStatus)
 
     @property
-    def namespace(self) -> str:
-        return self.metadata.namespace or "default"
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
     def subject(self) -> str:
         return subject_urn(self.namespace, self.name)
-
-    @classmethod
-    def parse(cls, body: Any) -> ServiceAccount:
-        """Parse a resource body as kopf or the API server gives it."""
-        return cls.model_validate(dict(body))

@@ -159,25 +159,11 @@ class ServiceAccountKeyStatus(meta.Model):
     )
 
 
-class ServiceAccountKey(meta.Model):
-    metadata: meta.Metadata
+class ServiceAccountKey(meta.Resource):
     spec: ServiceAccountKeySpec
     status: ServiceAccountKeyStatus = pydantic.Field(default_factory=ServiceAccountKeyStatus)
-
-    @property
-    def namespace(self) -> str:
-        return self.metadata.namespace or "default"
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     @property
     def subject(self) -> str:
         """The subject of the account the key belongs to."""
         return serviceaccount.subject_urn(self.namespace, self.spec.service_account_name)
-
-    @classmethod
-    def parse(cls, body: Any) -> ServiceAccountKey:
-        """Parse a resource body as kopf or the API server gives it."""
-        return cls.model_validate(dict(body))

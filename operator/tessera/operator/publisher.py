@@ -20,12 +20,11 @@ import kopf
 from tessera import errors
 from tessera.core import bundles, settings
 from tessera.kube import client, objects
+from tessera.operator import state
 
 logger = logging.getLogger("tessera.bundles")
 
 DEBOUNCE_SECONDS = 0.05  # a burst of changes becomes one write per namespace
-IDLE_SECONDS = 300.0
-RETRY_SECONDS = 5.0
 WRITERS = 16
 
 
@@ -103,28 +102,22 @@ def _utcnow() -> datetime.datetime:
 
 
 async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
-    """Runs for the operator's lifetime; every failure is logged and retried, never fatal."""
+    """Runs for the operator's lifetime, from the moment every index is filled."""
     await memo.hub.indexed.wait()
     publisher = Publisher(memo.kube, memo.cfg)
-    while True:
-        timeout = IDLE_SECONDS
-        try:
-            now = _utcnow()
-            await memo.revocations.prune(now)
-            current = inputs(memo, indexes)
-            text = bundles.render(bundles.document(current, now))
-            namespaces = {ns: uid for ns, store in indexes["trust_bundle_namespaces_index"].items() for uid in store}
-            ok = await publisher.sync(namespaces, text)
-            upcoming = bundles.next_change(current, now)
-            if upcoming is not None:
-                timeout = min(timeout, max((upcoming - _utcnow()).total_seconds(), 0.0) + 0.01)
-            if not ok:
-                timeout = min(timeout, RETRY_SECONDS)
-        except (errors.TesseraError, OSError) as exc:
-            logger.error("Failed to publish trust bundles, will retry: %s", exc)
-            timeout = RETRY_SECONDS
-        except Exception:  # a bug must not silently end publishing for the operator's lifetime
-            logger.exception("Unexpected failure while publishing trust bundles, will retry")
-            timeout = RETRY_SECONDS
-        await memo.hub.wait(timeout)
+
+    async def publish() -> float:
+        now = _utcnow()
+        await memo.revocations.prune(now)
+        current = inputs(memo, indexes)
+        text = bundles.render(bundles.document(current, now))
+        namespaces = {ns: uid for ns, store in indexes["trust_bundle_namespaces_index"].items() for uid in store}
+        ok = await publisher.sync(namespaces, text)
+        pause = state.seconds_until(bundles.next_change(current, now))
+        return pause if ok else min(pause, state.RETRY_SECONDS)
+
+    async def wait(seconds: float) -> None:
+        await memo.hub.wait(seconds)
         await asyncio.sleep(DEBOUNCE_SECONDS)
+
+    await state.forever("to publish trust bundles", logger, publish, wait)

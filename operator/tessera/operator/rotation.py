@@ -7,8 +7,6 @@ task only writes the Secret (with optimistic concurrency, so racing replicas rot
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import logging
 from typing import Any
@@ -18,11 +16,9 @@ import kopf
 from tessera import errors
 from tessera.core import issuer, secrets, settings
 from tessera.kube import issuerkeys, objects
+from tessera.operator import state
 
 logger = logging.getLogger("tessera.issuer")
-
-IDLE_SECONDS = 300.0
-RETRY_SECONDS = 10.0
 
 
 def _utcnow() -> datetime.datetime:
@@ -56,22 +52,12 @@ async def issuer_keys_changed(body: kopf.Body, memo: Any, type: str | None, **_:
 async def rotate_forever(memo: Any) -> None:
     """Apply the schedule whenever something is due; runs for the operator's lifetime."""
     cfg: settings.Settings = memo.cfg
-    while True:
-        timeout = IDLE_SECONDS
-        try:
-            rotated = await issuerkeys.rotate(memo.kube, cfg, _utcnow())
-            if rotated is not None:
-                logger.info("Rotated the issuer keys; now %s", [k.kid for k in rotated])
-                await adopt(memo, rotated)
-            upcoming = issuer.next_rotation_event(memo.issuer_keys.current, cfg)
-            if upcoming is not None:
-                timeout = min(timeout, max((upcoming - _utcnow()).total_seconds(), 0.0) + 0.01)
-        except (errors.TesseraError, OSError) as exc:
-            logger.error("Failed to rotate the issuer keys, will retry: %s", exc)
-            timeout = RETRY_SECONDS
-        except Exception:  # a bug must not silently end rotation for the operator's lifetime
-            logger.exception("Unexpected failure while rotating the issuer keys, will retry")
-            timeout = RETRY_SECONDS
-        memo.issuer_keys.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memo.issuer_keys.changed.wait(), timeout)
+
+    async def rotate() -> float:
+        rotated = await issuerkeys.rotate(memo.kube, cfg, _utcnow())
+        if rotated is not None:
+            logger.info("Rotated the issuer keys; now %s", [k.kid for k in rotated])
+            await adopt(memo, rotated)
+        return state.seconds_until(issuer.next_rotation_event(memo.issuer_keys.current, cfg))
+
+    await state.forever("to rotate the issuer keys", logger, rotate, memo.issuer_keys.wait)

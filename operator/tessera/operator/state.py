@@ -10,9 +10,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
+from collections.abc import Awaitable, Callable
 
+from tessera import errors
 from tessera.core import issuer, revocations, secrets, settings, tokens
 from tessera.kube import client, objects
+
+IDLE_SECONDS = 300.0
+RETRY_SECONDS = 5.0
+
+
+def seconds_until(moment: datetime.datetime | None, cap: float = IDLE_SECONDS) -> float:
+    """How long to sleep until ``moment`` (a hair past it), at most ``cap``."""
+    if moment is None:
+        return cap
+    return min(cap, max((moment - datetime.datetime.now(datetime.UTC)).total_seconds(), 0.0) + 0.01)
+
+
+async def forever(
+    what: str, log: logging.Logger, step: Callable[[], Awaitable[float]], wait: Callable[[float], Awaitable[None]]
+) -> None:
+    """Run ``step`` for the operator's lifetime. It returns the longest pause before the next round;
+    ``wait`` pauses that long or until woken. Failures are logged and retried, never fatal."""
+    while True:
+        try:
+            pause = await step()
+        except (errors.TesseraError, OSError) as exc:
+            log.error("Failed %s, will retry: %s", what, exc)
+            pause = RETRY_SECONDS
+        except Exception:  # a bug must not silently end this work for the operator's lifetime
+            log.exception("Unexpected failure %s, will retry", what)
+            pause = RETRY_SECONDS
+        await wait(pause)
 
 
 class Hub:
@@ -39,6 +69,12 @@ class Keys:
     def __init__(self) -> None:
         self.current: issuer.KeySet = ()
         self.changed = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the key set changes or ``seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), seconds)
+        self.changed.clear()
 
     def replace(self, keyset: issuer.KeySet) -> bool:
         """Use ``keyset`` from now on; return whether it differs from the one in use."""
