@@ -65,6 +65,7 @@ def test_rotation_publishes_before_signing_and_retires_after_the_last_token_expi
     apply(cluster, apps, SA, "svc", {"token": {"ttlSeconds": 3600}})  # capped at 60 s by the operator
     [first] = stored_keys(cluster, home)
     waiting.until(lambda: kid_of(cluster, apps, "svc-tessera-token") == first["kid"], what="a token by the first key")
+    waiting.until(lambda: first["kid"] in bundle_kids(cluster, apps, "issuerKeys"), what="the first bundle")
 
     def published_before_used() -> bool:
         published = bundle_kids(cluster, apps, "issuerKeys")

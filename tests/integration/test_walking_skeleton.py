@@ -151,7 +151,7 @@ def test_racing_replicas_create_exactly_one_issuer_key_set(cluster: Cluster, crd
     namespace = create_namespace(cluster, "race")
     try:
         cfg = settings.Settings(namespace=namespace)
-        kube = kube_client.Clients(api=cluster.api, core=cluster.core)
+        kube = kube_client.Clients(api=cluster.api, core=cluster.core, custom=cluster.custom)
         now = datetime.datetime.now(datetime.UTC)
 
         async def race() -> list[list[str]]:
@@ -214,8 +214,12 @@ def test_short_lived_token_is_refreshed_before_it_expires(cluster: Cluster, oper
     second = waiting.until(refreshed_token, timeout=75, what="a refreshed token")
     refreshed = jwt.decode(second, options={"verify_signature": False})
     assert claims["iat"] + 42 <= refreshed["iat"] < claims["exp"], (claims, refreshed)
-    status = cluster.custom_object(namespace, PLURAL, "brief")["status"]
-    assert int(datetime.datetime.fromisoformat(status["tokenExpiresAt"]).timestamp()) == refreshed["exp"]
+
+    def status_expiry() -> int:  # the status is patched just after the Secret is written
+        status = cluster.custom_object(namespace, PLURAL, "brief")["status"]
+        return int(datetime.datetime.fromisoformat(status["tokenExpiresAt"]).timestamp())
+
+    waiting.until(lambda: status_expiry() == refreshed["exp"], what="the status to show the new expiry")
 
 
 def test_a_foreign_secret_with_the_token_name_is_never_overwritten(

@@ -160,7 +160,7 @@ def test_binding_status_is_the_wire_form() -> None:
             "spec": {"roleRef": {"name": "reader"}, "members": [{"serviceAccount": {"name": "billing"}}]},
         }
     )
-    status = assignments.binding_status(binding, evaluate((BILLING,)), NOW)
+    status = assignments.binding_status(binding.status.conditions, evaluate((BILLING,)), NOW)
     assert status["observedGeneration"] == 2 and status["services"] == ["billing.shop.svc"]
     assert status["conditions"][0]["reason"] == "Bound" and status["conditions"][0]["status"] == "True"
     assert status["memberAssignments"] == [
@@ -179,7 +179,7 @@ def test_binding_status_lists_a_bounded_number_of_assignments() -> None:
         }
     )
     result = evaluate((BILLING, ALICE1, ALICE2), READER, frozenset({"a.svc"}))  # 3 x (1 + 2)
-    status = assignments.binding_status(binding, result, NOW, limit=4)
+    status = assignments.binding_status(binding.status.conditions, result, NOW, limit=4)
     assert len(status["memberAssignments"]) == 4 and status["assignmentCount"] == 9
     assert status["conditions"][0]["message"].endswith("memberAssignments lists the first 4 of 9.")
 

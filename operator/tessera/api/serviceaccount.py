@@ -97,6 +97,12 @@ class ServiceAccountStatus(meta.Model):
         default=None, description="When the operator will replace the token."
     )
     key_id: str | None = pydantic.Field(default=None, description="kid of the issuer key that signed the token.")
+    services: list[str] | None = pydantic.Field(
+        default=None, description="The services summary: every service this account takes part in through its bindings."
+    )
+    bound_in: list[str] | None = pydantic.Field(
+        default=None, description="The RoleBindings (namespace/name) naming this account."
+    )
 
 
 class ServiceAccount(meta.Resource):

@@ -238,17 +238,18 @@ def parse_services_annotation(text: str | None) -> frozenset[str]:
 
 
 def binding_status(
-    binding: rb_api.RoleBinding,
+    previous: Sequence[meta.Condition],
     result: BindingResult,
     now: datetime.datetime,
     limit: int = rb_api.MAX_STATUS_ASSIGNMENTS,
 ) -> dict[str, Any]:
-    """The whole RoleBinding status (JSON form) for ``result``, listing at most ``limit`` assignments."""
+    """The whole RoleBinding status (JSON form) for ``result``, listing at most ``limit`` assignments;
+    ``previous`` are the conditions it has now (their transition times are kept when nothing flipped)."""
     total = len(result.assignments)
     message = result.message + (f" memberAssignments lists the first {limit} of {total}." if total > limit else "")
     condition = conditions.ready(result.ready, result.reason, message, result.generation)
     status = rb_api.RoleBindingStatus(
-        conditions=conditions.set_condition(binding.status.conditions, condition, now),
+        conditions=conditions.set_condition(previous, condition, now),
         observed_generation=result.generation,
         services=list(result.services),
         member_assignments=[

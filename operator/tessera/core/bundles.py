@@ -8,7 +8,11 @@
      "issuerKeys": {"keys": [JWK, ...]},            # incl. the next key, published before it signs
      "serviceAccountKeys": {"keys": [JWK + "sub" (+ "exp"), ...]},  # self-signed tokens: iss = sub
      "revocations": [{"sub": URN, "notBefore": unix seconds}, ...],
-     "accounts": {URN: {"cidrs": [...]}}}           # source ranges, for self-signed tokens too
+     "accounts": {URN: {"cidrs": [...]}},           # source ranges, for self-signed tokens too
+     "grants": {principal: {"permissions": [...], "services": [...]}}}  # this namespace's RoleBindings
+
+A principal is a service account's URN or ``user:<issuer>#<subject>`` (an identity is bound to its
+issuer).
 
 Keys are sorted and the JSON is compact with sorted keys, so equal inputs give equal bytes and an
 unchanged bundle is never rewritten. Time enters only through expiry and pruning; :func:`next_change`
@@ -63,6 +67,11 @@ def unambiguous_keys(inputs: Inputs, now: datetime.datetime) -> list[accountkeys
         if len({k.subject for k in candidates}) == 1:
             chosen.append(min(candidates, key=lambda k: (k.namespace, k.name)))
     return chosen
+
+
+def with_grants(shared: Mapping[str, Any], grants: Mapping[str, Any]) -> dict[str, Any]:
+    """One namespace's bundle: the document every namespace shares plus that namespace's grants."""
+    return {**shared, "grants": dict(grants)}
 
 
 def document(inputs: Inputs, now: datetime.datetime) -> dict[str, Any]:

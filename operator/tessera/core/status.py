@@ -23,6 +23,8 @@ def serviceaccount_status(
         token_expires_at=None if isinstance(decision, tokens.Withdraw) else decision.facts.expires_at,
         token_refresh_at=None if isinstance(decision, tokens.Withdraw) else decision.facts.refresh_at,
         key_id=None if isinstance(decision, tokens.Withdraw) else decision.facts.key_id,
+        services=sa.status.services,  # kept: the grants engine writes these
+        bound_in=sa.status.bound_in,
     )
     wire = status.wire()
     for cleared in ("tokenExpiresAt", "tokenRefreshAt", "keyId"):

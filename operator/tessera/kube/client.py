@@ -31,6 +31,7 @@ _BY_STATUS: dict[int, type[errors.KubeError]] = {
 class Clients:
     api: kubernetes.client.ApiClient
     core: kubernetes.client.CoreV1Api
+    custom: kubernetes.client.CustomObjectsApi
 
     def to_dict(self, obj: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.api.sanitize_for_serialization(obj)
@@ -44,7 +45,7 @@ def connect() -> Clients:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     api = kubernetes.client.ApiClient()
-    return Clients(api=api, core=kubernetes.client.CoreV1Api(api))
+    return Clients(api=api, core=kubernetes.client.CoreV1Api(api), custom=kubernetes.client.CustomObjectsApi(api))
 
 
 def translate(exc: k8s_exceptions.ApiException, what: str) -> errors.KubeError:

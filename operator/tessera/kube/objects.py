@@ -135,3 +135,22 @@ async def post_event(
         "reportingComponent": "tessera",
     }
     await client.call(f"posting an Event in {namespace}", kube.core.create_namespaced_event, namespace, body)
+
+
+async def patch_status(kube: client.Clients, plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
+    """Merge ``status`` into a Tessera resource's status; False when the resource is gone."""
+    what = f"updating the status of {plural}/{name} in {namespace}"
+    try:
+        await client.call(
+            what,
+            kube.custom.patch_namespaced_custom_object_status,
+            meta.GROUP,
+            meta.VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+        )
+    except errors.NotFound:
+        return False
+    return True

@@ -16,12 +16,14 @@ from typing import Any
 import kopf
 
 from tessera.api import meta
+from tessera.api import role as role_api
+from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
 from tessera.api import serviceaccountkey as sak_api
 from tessera.core import secrets
 from tessera.core import settings as core_settings
 from tessera.kube import client, issuerkeys
-from tessera.operator import accountkeys, publisher, rotation, serviceaccounts, state
+from tessera.operator import accountkeys, publisher, rolebindings, rotation, serviceaccounts, state
 
 MANAGED = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE}"
 INDEXES = ("serviceaccountkeys_index", "serviceaccounts_index", "trust_bundle_namespaces_index")
@@ -38,7 +40,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     cfg: core_settings.Settings = memo.cfg
     memo.kube = client.connect()
     memo.locks, memo.written = {}, {}
-    memo.hub, memo.issuer_keys = state.Hub(), state.Keys()
+    memo.hub, memo.issuer_keys, memo.grants = state.Hub(), state.Keys(), rolebindings.Grants()
     await rotation.adopt(memo, await issuerkeys.load_or_create(memo.kube, cfg, datetime.datetime.now(datetime.UTC)))
     memo.revocations = await state.RevocationStore.load(memo.kube, cfg, memo.hub)
     logger.info(
@@ -107,3 +109,24 @@ def register(registry: kopf.OperatorRegistry, cfg: core_settings.Settings) -> No
             id="refresh",
         )(handler)
     kopf.on.delete(*sa, registry=registry, id="revoke")(serviceaccounts.serviceaccount_delete)
+    _register_grants(registry, sa)
+
+
+def _register_grants(registry: kopf.OperatorRegistry, sa: tuple[str, str, str]) -> None:
+    """Roles, RoleBindings, namespace services and accounts feed the grants engine."""
+    role = (meta.GROUP, meta.VERSION, role_api.INFO.plural)
+    binding = (meta.GROUP, meta.VERSION, rb_api.INFO.plural)
+    kopf.index(*role, registry=registry)(rolebindings.roles_index)
+    kopf.index(*binding, registry=registry)(rolebindings.rolebindings_index)
+    kopf.index("v1", "namespaces", registry=registry)(rolebindings.namespace_services_index)
+    kopf.index(*sa, registry=registry)(rolebindings.account_summaries_index)
+    feeds = (
+        (role, rolebindings.role_changed),
+        (binding, rolebindings.rolebinding_changed),
+        (("v1", "namespaces"), rolebindings.namespace_changed),
+        (sa, rolebindings.account_changed),
+    )
+    for resource, handler in feeds:
+        kopf.on.event(*resource, registry=registry, id="grants")(handler)
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(*role, registry=registry, id="accept")(rolebindings.role_reconcile)

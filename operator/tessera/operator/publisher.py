@@ -12,7 +12,7 @@ import asyncio
 import datetime
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -20,7 +20,7 @@ import kopf
 from tessera import errors
 from tessera.core import bundles, settings
 from tessera.kube import client, objects
-from tessera.operator import state
+from tessera.operator import rolebindings, state
 
 logger = logging.getLogger("tessera.bundles")
 
@@ -49,8 +49,8 @@ class Publisher:
         self.published: dict[str, str] = {}  # namespace -> bundle text it holds
         self.warned: dict[str, str] = {}  # namespace -> digest of the oversized bundle it was warned about
 
-    async def sync(self, namespaces: Mapping[str, str], text: str) -> bool:
-        """Bring every namespace (name -> uid) to ``text``; drop bundles where the opt-in is gone.
+    async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str]) -> bool:
+        """Bring every namespace (name -> uid) to its bundle; drop bundles where the opt-in is gone.
 
         Return whether everything succeeded (failures are retried on the next round)."""
         gate = asyncio.Semaphore(WRITERS)
@@ -64,7 +64,12 @@ class Publisher:
                     return False
                 return True
 
-        jobs = [one(self._write(ns, uid, text)) for ns, uid in namespaces.items() if self.published.get(ns) != text]
+        texts = {ns: text_for(ns) for ns in namespaces}
+        jobs = [
+            one(self._write(ns, uid, texts[ns]))
+            for ns, uid in namespaces.items()
+            if self.published.get(ns) != texts[ns]
+        ]
         jobs += [one(self._withdraw(ns)) for ns in list(self.published) if ns not in namespaces]
         return all(await asyncio.gather(*jobs))
 
@@ -104,15 +109,20 @@ def _utcnow() -> datetime.datetime:
 async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
     """Runs for the operator's lifetime, from the moment every index is filled."""
     await memo.hub.indexed.wait()
+    await memo.grants.built.wait()  # a bundle without its grants would refuse everyone for a moment
     publisher = Publisher(memo.kube, memo.cfg)
 
     async def publish() -> float:
         now = _utcnow()
         await memo.revocations.prune(now)
         current = inputs(memo, indexes)
-        text = bundles.render(bundles.document(current, now))
+        shared = bundles.document(current, now)
         namespaces = {ns: uid for ns, store in indexes["trust_bundle_namespaces_index"].items() for uid in store}
-        ok = await publisher.sync(namespaces, text)
+
+        def text_for(namespace: str) -> str:
+            return bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(memo, namespace)))
+
+        ok = await publisher.sync(namespaces, text_for)
         pause = state.seconds_until(bundles.next_change(current, now))
         return pause if ok else min(pause, state.RETRY_SECONDS)
 

@@ -18,7 +18,10 @@ class QuietTimers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
-        routine = (text.startswith("Timer ") and "succeeded" in text) or text == "Handler 'bundle-inputs' succeeded."
+        routine = (text.startswith("Timer ") and "succeeded" in text) or text in {
+            "Handler 'bundle-inputs' succeeded.",
+            "Handler 'grants' succeeded.",
+        }
         return not (record.levelno <= logging.INFO and routine)
 
 
