@@ -22,7 +22,7 @@ from tessera.api import meta
 from tessera.api import serviceaccountkey as sak_api
 from tessera.crypto import keys
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(meta.DNS1123_LABEL)
 MAX_NAME = 253
 _KID_CHARS = 8
 
@@ -86,7 +86,7 @@ def _check_names(options: Options, name: str) -> None:
     if not DNS1123_LABEL.match(options.namespace) or len(options.namespace) > 63:
         raise UsageError(f"--namespace {options.namespace!r} is not a valid namespace name")
     for flag, value in (("--service-account", options.service_account), ("--name", name)):
-        if not re.match(sak_api.DNS1123_SUBDOMAIN, value) or len(value) > MAX_NAME:
+        if not re.match(meta.DNS1123_SUBDOMAIN, value) or len(value) > MAX_NAME:
             raise UsageError(f"{flag} {value!r} is not a valid Kubernetes object name (lowercase a-z, 0-9, '-', '.')")
 
 

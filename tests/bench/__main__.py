@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -147,21 +147,37 @@ def create_sa(cluster: harness.Cluster, namespace: str, name: str) -> None:
     )
 
 
+def configmap_events(
+    cluster: harness.Cluster,
+    namespace: str,
+    name: str,
+    timeout: int | None,
+    watch: kubernetes.watch.Watch | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Events of one ConfigMap from now on (a watch from the current resourceVersion; no timeout: until stopped)."""
+    rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
+    limit = {"timeout_seconds": timeout} if timeout is not None else {}
+    events: Iterator[dict[str, Any]] = (watch or kubernetes.watch.Watch()).stream(
+        cluster.core.list_namespaced_config_map,
+        namespace,
+        resource_version=rv,
+        field_selector=f"metadata.name={name}",
+        **limit,
+    )
+    return events
+
+
 def baseline_watch_latency(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
     """create ConfigMap -> its ADDED event on a watch: the API server's own round trip."""
     samples = []
     for i in range(count):
-        rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
-        stream = kubernetes.watch.Watch().stream(
-            cluster.core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=10,
-            field_selector=f"metadata.name=baseline-{i}",
-        )  # fmt: skip
+        stream = configmap_events(cluster, namespace, f"baseline-{i}", timeout=10)
         started = time.monotonic()
         body = kubernetes.client.V1ConfigMap(
             metadata=kubernetes.client.V1ObjectMeta(name=f"baseline-{i}"), data={"k": "v"}
         )
         cluster.core.create_namespaced_config_map(namespace, body)
-        next(iter(stream))
+        next(stream)
         samples.append(time.monotonic() - started)
     return percentiles(samples)
 
@@ -201,11 +217,7 @@ def revocation_latency(cluster: harness.Cluster, namespace: str, count: int) -> 
             create_sa(cluster, namespace, name)
             waiting.until(functools.partial(watcher.ready_at, name), timeout=60, interval=0.01, what=f"{name} Ready")
             subject = f"urn:tessera:serviceaccount:{namespace}:{name}"
-            rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
-            stream = kubernetes.watch.Watch().stream(
-                cluster.core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=30,
-                field_selector=f"metadata.name={settings.TRUST_BUNDLE_CONFIGMAP}",
-            )  # fmt: skip
+            stream = configmap_events(cluster, namespace, settings.TRUST_BUNDLE_CONFIGMAP, timeout=30)
             started = time.monotonic()
             cluster.custom.patch_namespaced_custom_object(
                 meta.GROUP, meta.VERSION, namespace, "serviceaccounts", name, {"spec": {"disabled": True}}
@@ -223,14 +235,12 @@ class BundleWrites:
     def __init__(self, cluster: harness.Cluster, namespace: str) -> None:
         self.writes = 0
         self._watch = kubernetes.watch.Watch()
-        rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
-        args = (cluster.core.list_namespaced_config_map, namespace)
-        kwargs = {"resource_version": rv, "field_selector": f"metadata.name={settings.TRUST_BUNDLE_CONFIGMAP}"}
-        self._thread = threading.Thread(target=self._count, args=(args, kwargs), daemon=True)
+        events = configmap_events(cluster, namespace, settings.TRUST_BUNDLE_CONFIGMAP, None, self._watch)
+        self._thread = threading.Thread(target=self._count, args=(events,), daemon=True)
         self._thread.start()
 
-    def _count(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        for _ in self._watch.stream(*args, **kwargs):
+    def _count(self, events: Iterator[dict[str, Any]]) -> None:
+        for _ in events:
             self.writes += 1
 
     def stop(self) -> int:

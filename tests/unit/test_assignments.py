@@ -329,3 +329,22 @@ def test_engine_equals_compute_and_deltas_are_exact(setup: list[Any], changes: l
         assert delta.principals == changed(before.principals, after.principals)
         assert delta.grants == changed(before.grants, after.grants)
         assert delta.tokens == changed(before.tokens, after.tokens)
+
+
+@pytest.mark.parametrize(
+    ("principal", "account"),
+    [
+        ("urn:tessera:serviceaccount:shop:billing", ("shop", "billing")),
+        ("user:https://login.example.com#alice@example.com", None),
+        ("urn:tessera:serviceaccount:shop", None),
+        ("urn:tessera:serviceaccount:shop:a:b", None),
+    ],
+)
+def test_account_of_names_only_service_accounts(principal: str, account: tuple[str, str] | None) -> None:
+    assert grants.account_of(principal) == account
+
+
+def test_summary_status_is_empty_lists_once_bound_nowhere() -> None:
+    assert grants.summary_status(None) == {"services": [], "boundIn": []}
+    summary = grants.Summary(services=("a.svc",), bindings=(("t", "rb"),), namespaces=("t",))
+    assert grants.summary_status(summary) == {"services": ["a.svc"], "boundIn": ["t/rb"]}

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tessera import cli, keygen
+from tessera.api import meta
 from tessera.api import serviceaccountkey as sak_api
 from tessera.core import accountkeys
 from tessera.crypto import keys
@@ -117,4 +118,4 @@ def test_keygen_refuses_a_non_positive_expiry(capsys: pytest.CaptureFixture[str]
 )
 def test_default_name_is_a_valid_object_name(account: str, kid: str, name: str) -> None:
     made = keygen.default_name(account, kid)
-    assert made == name and len(made) <= 253 and re.match(sak_api.DNS1123_SUBDOMAIN, made)
+    assert made == name and len(made) <= 253 and re.match(meta.DNS1123_SUBDOMAIN, made)

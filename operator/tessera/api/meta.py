@@ -24,6 +24,16 @@ MANAGED_BY_VALUE = "tessera"
 PART_OF_LABEL = f"{GROUP}/component"
 
 
+# Kubernetes object names: DNS-1123 subdomain (most names) and label (namespaces).
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def rules(*pairs: tuple[str, str]) -> dict[str, Any]:
+    """CEL validation rules (rule, message) for a field's or a model's ``json_schema_extra``."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in pairs]}
+
+
 @dataclasses.dataclass(frozen=True)
 class PrinterColumn:
     name: str

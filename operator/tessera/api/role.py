@@ -14,7 +14,7 @@ from typing import Annotated
 
 import pydantic
 
-from tessera.api import meta, serviceaccountkey
+from tessera.api import meta
 
 INFO = meta.KindInfo(
     kind="Role",
@@ -49,7 +49,7 @@ ServiceName = Annotated[
     pydantic.Field(
         min_length=1,
         max_length=253,
-        pattern=serviceaccountkey.DNS1123_SUBDOMAIN,
+        pattern=meta.DNS1123_SUBDOMAIN,
         description="A service name, a DNS-1123 subdomain such as billing.shop.svc or devices.example.com.",
     ),
 ]

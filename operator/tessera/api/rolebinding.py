@@ -13,11 +13,11 @@ deleting and recreating it, so nobody's grants silently change meaning.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Self
 
 import pydantic
 
-from tessera.api import meta, serviceaccountkey
+from tessera.api import meta
 
 INFO = meta.KindInfo(
     kind="RoleBinding",
@@ -33,7 +33,6 @@ INFO = meta.KindInfo(
     ),
 )
 
-DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # An OIDC issuer: https, no query, fragment or user info. Without '#', ``user:<issuer>#<subject>`` keys
 # are unambiguous.
 HTTPS_URL = r"^https://[^\s/?#@]+(/[^\s?#]*)?$"
@@ -43,15 +42,11 @@ MAX_MEMBERS = 1000
 MAX_STATUS_ASSIGNMENTS = 5000
 
 
-def _rules(*pairs: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in pairs]}
-
-
 class RoleRef(meta.Model):
     name: str = pydantic.Field(
         min_length=1,
         max_length=253,
-        pattern=serviceaccountkey.DNS1123_SUBDOMAIN,
+        pattern=meta.DNS1123_SUBDOMAIN,
         description="Name of the Tessera Role, in the binding's namespace.",
     )
 
@@ -60,14 +55,14 @@ class ServiceAccountMember(meta.Model):
     name: str = pydantic.Field(
         min_length=1,
         max_length=253,
-        pattern=serviceaccountkey.DNS1123_SUBDOMAIN,
+        pattern=meta.DNS1123_SUBDOMAIN,
         description="Name of the Tessera ServiceAccount.",
     )
     namespace: str | None = pydantic.Field(
         default=None,
         min_length=1,
         max_length=63,
-        pattern=DNS1123_LABEL,
+        pattern=meta.DNS1123_LABEL,
         description="Its namespace; empty means the binding's own.",
     )
 
@@ -87,7 +82,7 @@ class Member(meta.Model):
     """A principal: exactly one of a service account or a user."""
 
     model_config = pydantic.ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=meta.rules(
             ("has(self.serviceAccount) != has(self.user)", "set exactly one of serviceAccount or user"),
         )
     )
@@ -106,7 +101,7 @@ class Member(meta.Model):
 class RoleBindingSpec(meta.Model):
     role_ref: RoleRef = pydantic.Field(
         description="The Role granted.",
-        json_schema_extra=_rules(
+        json_schema_extra=meta.rules(
             (
                 "self == oldSelf",
                 "roleRef is immutable; delete and recreate the binding (as with Kubernetes RoleBindings)",

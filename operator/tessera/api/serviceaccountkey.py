@@ -35,14 +35,10 @@ INFO = meta.KindInfo(
 )
 
 # A DNS-1123 subdomain, as Kubernetes object names are.
-DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # base64url of an 8192-bit RSA modulus is 1366 characters; everything else is shorter.
 _JWK_MEMBER_MAX = 2048
-
-
-def _rules(*pairs: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in pairs]}
 
 
 def _member(description: str) -> Any:
@@ -53,7 +49,7 @@ class Jwk(meta.Model):
     """A public JWK (RFC 7517). The private members are declared only so that they are refused."""
 
     model_config = pydantic.ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=meta.rules(
             (
                 " && ".join(f"!has(self.{m})" for m in PRIVATE_JWK_MEMBERS),
                 "the JWK holds private key members; supply only the public key",
@@ -101,7 +97,7 @@ class GenerateSpec(meta.Model):
 
 class ServiceAccountKeySpec(meta.Model):
     model_config = pydantic.ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=meta.rules(
             (
                 "has(self.publicKey) != has(self.generate)",
                 "set exactly one of publicKey (recommended: the private key never reaches the cluster) or generate",
@@ -116,15 +112,15 @@ class ServiceAccountKeySpec(meta.Model):
     service_account_name: str = pydantic.Field(
         min_length=1,
         max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
+        pattern=meta.DNS1123_SUBDOMAIN,
         description="The Tessera ServiceAccount, in the same namespace, that this key belongs to.",
-        json_schema_extra=_rules(("self == oldSelf", "serviceAccountName is immutable; create a new key instead")),
+        json_schema_extra=meta.rules(("self == oldSelf", "serviceAccountName is immutable; create a new key instead")),
     )
     description: str | None = pydantic.Field(default=None, max_length=1024, description="What this key is for.")
     public_key: PublicKeySpec | None = pydantic.Field(
         default=None,
         description="The public key; its private key stays with the workload.",
-        json_schema_extra=_rules(
+        json_schema_extra=meta.rules(
             ("has(self.pem) != has(self.jwk)", "set exactly one of pem or jwk"),
             ("self == oldSelf", "publicKey is immutable; create a new ServiceAccountKey instead"),
         ),
@@ -132,7 +128,9 @@ class ServiceAccountKeySpec(meta.Model):
     generate: GenerateSpec | None = pydantic.Field(
         default=None,
         description="Have the operator generate the key pair and keep the private key in a Secret.",
-        json_schema_extra=_rules(("self == oldSelf", "generate is immutable; create a new ServiceAccountKey instead")),
+        json_schema_extra=meta.rules(
+            ("self == oldSelf", "generate is immutable; create a new ServiceAccountKey instead")
+        ),
     )
     expires_at: pydantic.AwareDatetime | None = pydantic.Field(
         default=None, description="When the key stops being trusted (RFC 3339). Empty: never."

@@ -27,7 +27,7 @@ import re
 from collections.abc import Container, Iterable, Sequence
 from typing import Any, Literal
 
-from tessera.api import meta, serviceaccount, serviceaccountkey
+from tessera.api import meta, serviceaccount
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
 from tessera.core import conditions
@@ -41,7 +41,7 @@ ROLE_NOT_FOUND = "RoleNotFound"
 DUPLICATE_MEMBERS = "DuplicateMembers"
 ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 
-_SERVICE_NAME = re.compile(serviceaccountkey.DNS1123_SUBDOMAIN)
+_SERVICE_NAME = re.compile(meta.DNS1123_SUBDOMAIN)
 _LISTED = 10  # names shown in a message before "and N more"
 
 Key = tuple[str, str]

@@ -151,18 +151,11 @@ async def _write_binding(memo: Any, engine: grants.Engine, key: Key, indexes: In
 
 
 async def _write_summary(memo: Any, engine: grants.Engine, principal: str, indexes: Indexes) -> None:
-    parts = principal.split(":")
-    if not principal.startswith("urn:tessera:serviceaccount:") or len(parts) != 5:
-        return  # users have no resource of their own: their summaries live in the bundles
-    key = (parts[3], parts[4])
-    entry = _first(indexes["account_summaries_index"], key)
-    if entry is None:
-        return
-    summary = engine.result.principals.get(principal)
-    new = {
-        "services": list(summary.services) if summary else [],
-        "boundIn": [f"{ns}/{name}" for ns, name in summary.bindings] if summary else [],
-    }
+    key = grants.account_of(principal)
+    entry = _first(indexes["account_summaries_index"], key) if key else None
+    if key is None or entry is None:
+        return  # a user (its summary lives in the bundles), or an account that is gone
+    new = grants.summary_status(engine.result.principals.get(principal))
     if status.needs_update({k: v or [] for k, v in entry.summary.items()}, new):
         await objects.patch_status(memo.kube, sa_api.INFO.plural, key[0], key[1], new)
         logger.info("Updated the services summary of ServiceAccount %s/%s: %s", *key, new["services"])
