@@ -6,6 +6,7 @@
 - burst: N ServiceAccounts created at once -> all Ready; total time, rate, operator RSS, and how
   often the trust bundle of their (opted-in) namespace was rewritten meanwhile.
 - disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
+- grants at scale (:mod:`tests.bench.grants_scale`): 10,000 RoleBindings over 2,000 principals.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tessera.envtest import assets, controlplane
 from tests import harness, resources, waiting
+from tests.bench import grants_scale
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -329,13 +331,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, default=50, help="ServiceAccounts applied one by one")
     parser.add_argument("--burst", type=int, default=1000, help="ServiceAccounts created at once")
     parser.add_argument("--crypto-count", type=int, default=2000, help="operations per crypto figure")
+    parser.add_argument("--bindings", type=int, default=10_000, help="RoleBindings in the grants bench")
+    parser.add_argument("--principals", type=int, default=2_000, help="principals (half of them ServiceAccounts)")
+    parser.add_argument("--tenants", type=int, default=50, help="namespaces the bindings are spread over")
+    parser.add_argument("--changes", type=int, default=100, help="binding changes timed in the grants bench")
+    parser.add_argument("--only", choices=("crypto", "cluster", "grants"), action="append", help="run only these")
     args = parser.parse_args(argv)
+    only = set(args.only or ("crypto", "cluster", "grants"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
-        "crypto": crypto_bench(args.crypto_count),
-        "cluster": cluster_bench(args.sequential, args.burst),
     }
+    if "crypto" in only:
+        results["crypto"] = crypto_bench(args.crypto_count)
+    if "cluster" in only:
+        results["cluster"] = cluster_bench(args.sequential, args.burst)
+    if "grants" in only:
+        results["grants"] = grants_scale.grants_bench(args.bindings, args.principals, args.tenants, args.changes)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jwt
+
 from tests import waiting
 from tests.harness import EXAMPLES, Cluster, Operator
-from tests.resources import SA, apply, bundle, condition, opt_in
+from tests.resources import SA, apply, bundle, condition, opt_in, token_in, warnings
 
 ROLE, BINDING = "roles", "rolebindings"
 BILLING = "urn:tessera:serviceaccount:shop:billing"
@@ -160,3 +162,74 @@ def test_invalid_roles_and_bindings_are_refused_at_apply(cluster: Cluster, crds:
         check=False,
     )
     assert "roleRef is immutable" in stderr, stderr
+
+
+def token_grants(cluster: Cluster, namespace: str, account: str) -> Any:
+    """The grants claim of the account's current token ("absent" when the token has none)."""
+    token = token_in(cluster, namespace, f"{account}-tessera-token")
+    return jwt.decode(token, options={"verify_signature": False}).get("grants", "absent") if token else None
+
+
+def test_tokens_carry_grants_that_follow_changes_within_their_cap(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    opt_in(cluster, namespace)
+    apply(cluster, namespace, SA, "app", {})
+    app = f"urn:tessera:serviceaccount:{namespace}:app"
+    waiting.until(lambda: token_grants(cluster, namespace, "app") == {}, what="a token with no grants")
+    put(cluster, namespace, "Role", "viewer", {"permissions": ["dev.app.items.read"]})
+    binding = {"roleRef": {"name": "viewer"}, "members": [{"serviceAccount": {"name": "app"}}]}
+    put(cluster, namespace, "RoleBinding", "viewers", binding)
+    waiting.until(
+        lambda: token_grants(cluster, namespace, "app") == {namespace: ["dev.app.items.read"]},
+        what="the grant in a reissued token",
+    )
+    grants_condition = [c for c in status_of(cluster, namespace, SA, "app")["conditions"] if c["type"] == "TokenGrants"]
+    assert grants_condition[0]["status"] == "True", grants_condition
+
+    # Past the cap (2,048 bytes of JSON by default) the claim is left out whole, the account says why
+    # with one Warning, and the trust bundle still carries every permission.
+    many = [f"dev.app.collection-number-{i:03d}.read" for i in range(80)]
+    put(cluster, namespace, "Role", "viewer", {"permissions": many})
+    waiting.until(lambda: token_grants(cluster, namespace, "app") == "absent", what="a token without the claim")
+    [omitted] = [c for c in status_of(cluster, namespace, SA, "app")["conditions"] if c["type"] == "TokenGrants"]
+    assert omitted["status"] == "False" and omitted["reason"] == "GrantsTooLarge", omitted
+    assert "trust bundle" in omitted["message"]
+    waiting.until(lambda: grants_in(cluster, namespace).get(app, {}).get("permissions") == sorted(many), what="bundle")
+    [warned] = waiting.until(lambda: warnings(cluster, namespace, "GrantsTooLarge", "app"), what="one Warning")
+    assert (warned.get("count") or 1) == 1
+
+    put(cluster, namespace, "Role", "viewer", {"permissions": ["dev.app.items.write"]})
+    waiting.until(
+        lambda: token_grants(cluster, namespace, "app") == {namespace: ["dev.app.items.write"]},
+        what="the claim back once it fits",
+    )
+
+
+def test_a_disabled_member_is_unbound_noted_and_not_warned_about(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    opt_in(cluster, namespace)
+    apply(cluster, namespace, SA, "app", {})
+    app = f"urn:tessera:serviceaccount:{namespace}:app"
+    put(cluster, namespace, "Role", "viewer", {"permissions": ["dev.app.items.read"]})
+    binding = {"roleRef": {"name": "viewer"}, "members": [{"serviceAccount": {"name": "app"}}]}
+    put(cluster, namespace, "RoleBinding", "viewers", binding)
+    waiting.until(lambda: app in grants_in(cluster, namespace), what="granted")
+
+    apply(cluster, namespace, SA, "app", {"disabled": True})
+    waiting.until(lambda: app not in grants_in(cluster, namespace), what="the grant withdrawn from the bundle")
+
+    def noted() -> dict[str, Any] | None:
+        found = condition(cluster, namespace, BINDING, "viewers")
+        return found if "not bound while disabled" in found.get("message", "") else None
+
+    ready = waiting.until(noted, what="the binding names the disabled account")
+    assert ready["status"] == "True" and ready["reason"] == "Bound", ready
+    assert f"{namespace}/app" in ready["message"]
+    assert not status_of(cluster, namespace, SA, "app").get("services")
+    assert not status_of(cluster, namespace, BINDING, "viewers").get("memberAssignments")
+    assert not warnings(cluster, namespace, "ServiceAccountNotFound")
+
+    apply(cluster, namespace, SA, "app", {})
+    waiting.until(lambda: app in grants_in(cluster, namespace), what="granted again once enabled")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 
 import jwt
 import pytest
 
+from tessera import errors
 from tessera.api import serviceaccount as sa_api
-from tessera.core import issuer, secrets, settings, tokens
+from tessera.core import issuer, secrets, settings, status, tokens
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 
@@ -168,3 +170,95 @@ def test_the_operator_caps_token_lifetime() -> None:
 def test_alive_until_survives_the_secret_annotations() -> None:
     facts = issue(make_sa()).facts
     assert secrets.observed_token(secrets.token_annotations(facts)) == facts
+
+
+@pytest.mark.parametrize(
+    ("by_namespace", "cap", "claim"),
+    [
+        ({}, 100, {}),
+        ({"shop": ["b.c.d", "a.b.c", "a.b.c"]}, 100, {"shop": ["a.b.c", "b.c.d"]}),
+        ({"shop": ["a.b.c"]}, len('{"shop":["a.b.c"]}'), {"shop": ["a.b.c"]}),  # exactly at the cap
+        ({"shop": ["a.b.c"]}, len('{"shop":["a.b.c"]}') - 1, None),
+        ({"ops": ["x.y.z"], "shop": ["a.b.c"]}, 1000, {"ops": ["x.y.z"], "shop": ["a.b.c"]}),
+        ({}, 0, None),  # a cap of zero keeps grants out of every token
+    ],
+)
+def test_grants_claim_is_whole_or_left_out(by_namespace: dict[str, list[str]], cap: int, claim: object) -> None:
+    found = tokens.token_grants(by_namespace, cap)
+    assert found.claim == claim and found.omitted == (claim is None)
+
+
+def test_grants_claim_is_deterministic_compact_json() -> None:
+    found = tokens.token_grants({"z": ("b.c.d", "a.b.c"), "a": ["a.b.c"]}, 1000)
+    assert json.dumps(found.claim, separators=(",", ":")) == '{"a":["a.b.c"],"z":["a.b.c","b.c.d"]}'
+    assert found.size == len('{"a":["a.b.c"],"z":["a.b.c","b.c.d"]}')
+
+
+def test_token_carries_its_grants_and_a_grants_change_reissues_it() -> None:
+    sa = make_sa()
+    reader = tokens.token_grants({"shop": ["shop.orders.read"]}, 2048)
+    first = tokens.decide(sa, None, KEYSET, CFG, NOW, grants=reader)
+    assert isinstance(first, tokens.Issue) and first.claims["grants"] == {"shop": ["shop.orders.read"]}
+    later = NOW + datetime.timedelta(seconds=5)
+    assert isinstance(tokens.decide(sa, first.facts, KEYSET, CFG, later, grants=reader), tokens.Keep)
+    writer = tokens.token_grants({"shop": ["shop.orders.read", "shop.orders.write"]}, 2048)
+    changed = tokens.decide(sa, first.facts, KEYSET, CFG, later, grants=writer)
+    assert isinstance(changed, tokens.Issue) and changed.reason == "TokenReissued"
+    assert changed.claims["grants"] == {"shop": ["shop.orders.read", "shop.orders.write"]}
+
+
+def test_no_grants_is_an_explicit_empty_claim() -> None:
+    assert issue(make_sa()).claims["grants"] == {}
+
+
+def test_grants_over_the_cap_leave_the_claim_out_and_say_so_in_status() -> None:
+    many = {f"tenant-{i:03d}": [f"tenant-{i:03d}.orders.read"] for i in range(200)}
+    grants = tokens.token_grants(many, CFG.token_grants_max_bytes)
+    assert grants.omitted and grants.size > CFG.token_grants_max_bytes
+    sa = make_sa()
+    decision = tokens.decide(sa, None, KEYSET, CFG, NOW, grants=grants)
+    assert isinstance(decision, tokens.Issue) and "grants" not in decision.claims
+    new = status.serviceaccount_status(sa, decision, NOW, grants)
+    [condition] = [c for c in new["conditions"] if c["type"] == "TokenGrants"]
+    assert condition["status"] == "False" and condition["reason"] == "GrantsTooLarge"
+    assert str(grants.size) in condition["message"] and "trust bundle" in condition["message"]
+    assert status.grants_left_out(sa.status, new)
+    again = sa.model_copy(update={"status": sa_api.ServiceAccountStatus.model_validate(new)})
+    assert not status.grants_left_out(again.status, status.serviceaccount_status(again, decision, NOW, grants))
+
+
+def test_a_withdrawn_token_has_no_grants_condition() -> None:
+    sa = make_sa()
+    grants = tokens.token_grants({}, 2048)
+    issued = status.serviceaccount_status(sa, issue(sa), NOW, grants)
+    assert {c["type"] for c in issued["conditions"]} == {"Ready", "TokenGrants"}
+    disabled = make_sa(disabled=True).model_copy(update={"status": sa_api.ServiceAccountStatus.model_validate(issued)})
+    withdrawn = tokens.decide(disabled, None, KEYSET, CFG, NOW)
+    assert [c["type"] for c in status.serviceaccount_status(disabled, withdrawn, NOW)["conditions"]] == ["Ready"]
+
+
+def test_settings_bound_the_grants_cap() -> None:
+    assert settings.Settings.from_env({}).token_grants_max_bytes == settings.TOKEN_GRANTS_MAX_BYTES
+    assert settings.Settings.from_env({"TESSERA_TOKEN_GRANTS_MAX_BYTES": "0"}).token_grants_max_bytes == 0
+    for bad in ("-1", "100000", "lots"):
+        with pytest.raises(errors.ConfigError, match=r"TESSERA_TOKEN_GRANTS_MAX_BYTES|not a number"):
+            settings.Settings.from_env({"TESSERA_TOKEN_GRANTS_MAX_BYTES": bad})
+
+
+def test_keeping_a_token_writes_no_status() -> None:
+    """The Ready condition that announced a token stays until the next one, so a timer tick that
+    keeps the token finds nothing to write (a change of message would be one write per account per tick)."""
+    sa = make_sa()
+    issued = issue(sa)
+    after_issue = status.serviceaccount_status(sa, issued, NOW)
+    stored = sa.model_copy(update={"status": sa_api.ServiceAccountStatus.model_validate(after_issue)})
+    kept = tokens.decide(stored, issued.facts, KEYSET, CFG, NOW + datetime.timedelta(seconds=30))
+    assert isinstance(kept, tokens.Keep)
+    after_keep = status.serviceaccount_status(stored, kept, NOW + datetime.timedelta(seconds=30))
+    assert not status.needs_update(after_issue, after_keep)
+    failed = stored.model_copy(
+        update={"status": sa_api.ServiceAccountStatus.model_validate(status.failed_status(stored, "X", "x", NOW))}
+    )
+    healed = status.serviceaccount_status(failed, kept, NOW)
+    [ready] = [c for c in healed["conditions"] if c["type"] == "Ready"]
+    assert (ready["status"], ready["message"]) == ("True", "the token is current")

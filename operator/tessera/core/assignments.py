@@ -149,16 +149,22 @@ class _Members:
     unique: tuple[Principal, ...]  # first occurrence of each key, in spec order
     duplicates: tuple[Principal, ...]
     missing: tuple[Principal, ...]  # service accounts that do not exist
+    disabled: tuple[Principal, ...]  # service accounts that exist but are disabled
 
 
-def _members(facts: BindingFacts, accounts: Container[Key]) -> _Members:
+def _members(facts: BindingFacts, accounts: Container[Key], disabled: Container[Key]) -> _Members:
     seen: dict[str, Principal] = {}
     duplicates: dict[str, Principal] = {}
     for principal in facts.members:
         target = duplicates if principal.key in seen else seen
         target.setdefault(principal.key, principal)
-    missing = tuple(p for p in seen.values() if p.account is not None and p.account not in accounts)
-    return _Members(tuple(seen.values()), tuple(duplicates.values()), missing)
+    unbound = [p for p in seen.values() if p.account is not None and p.account not in accounts]
+    return _Members(
+        tuple(seen.values()),
+        tuple(duplicates.values()),
+        tuple(p for p in unbound if p.account not in disabled),
+        tuple(p for p in unbound if p.account in disabled),
+    )
 
 
 def _listed(principals: Sequence[Principal]) -> str:
@@ -206,12 +212,17 @@ def evaluate(
     role: RoleFacts | None,
     namespace_services: frozenset[str],
     accounts: Container[Key],
+    disabled: Container[Key] = frozenset(),
 ) -> BindingResult:
-    """What the binding ``namespace/<name>`` with ``facts`` yields; ``accounts`` holds the existing ones."""
-    members = _members(facts, accounts)
+    """What the binding ``namespace/<name>`` with ``facts`` yields; ``accounts`` holds the enabled
+    ServiceAccounts and ``disabled`` the disabled ones. A disabled account is not bound while it is
+    disabled; that is the account owner's choice, not a fault of the binding, so it is noted in the
+    message without a warning."""
+    members = _members(facts, accounts, disabled)
     findings = [(reason, m) for reason, check in _CHECKS if (m := check(namespace, facts, role, members)) is not None]
     services = tuple(sorted(namespace_services | (role.services if role else frozenset())))
-    bound = () if role is None else tuple(sorted({p.key for p in members.unique} - {p.key for p in members.missing}))
+    unbound = {p.key for p in members.missing + members.disabled}
+    bound = () if role is None else tuple(sorted({p.key for p in members.unique} - unbound))
     if findings:
         ready, reason, message = False, findings[0][0], " ".join(m for _, m in findings)
     else:
@@ -219,6 +230,8 @@ def evaluate(
         message = (
             f"Role {facts.role} bound to {len(bound)} members in namespace {namespace} and {len(services)} services."
         )
+    if members.disabled:
+        message += f" Disabled ServiceAccounts, not bound while disabled: {_listed(members.disabled)}."
     return BindingResult(
         ready=ready,
         reason=reason,

@@ -11,7 +11,6 @@ matched by the consumer, never expanded here.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
@@ -26,7 +25,8 @@ class State:
     roles: Mapping[Key, RoleFacts] = dataclasses.field(default_factory=dict)
     bindings: Mapping[Key, BindingFacts] = dataclasses.field(default_factory=dict)
     namespace_services: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
-    accounts: Set[Key] = frozenset()  # the ServiceAccounts that exist
+    accounts: Set[Key] = frozenset()  # the ServiceAccounts that exist and are enabled
+    disabled: Set[Key] = frozenset()  # those that exist but are disabled (bound nowhere, named in status)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,8 @@ def summary_status(summary: Summary | None) -> dict[str, list[str]]:
 def _evaluate(state: State, key: Key) -> BindingResult:
     facts = state.bindings[key]
     role = state.roles.get((key[0], facts.role))
-    return assignments.evaluate(key[0], facts, role, state.namespace_services.get(key[0], NO_SERVICES), state.accounts)
+    services = state.namespace_services.get(key[0], NO_SERVICES)
+    return assignments.evaluate(key[0], facts, role, services, state.accounts, state.disabled)
 
 
 def _summary(bindings: Iterable[Key], services: Iterable[str]) -> Summary:
@@ -128,15 +129,6 @@ def compute(state: State) -> Result:
     return Result(results, principals, grants, tokens)
 
 
-def token_grants(grants_by_ns: Mapping[str, Iterable[str]], cap_bytes: int) -> tuple[dict[str, list[str]] | None, bool]:
-    """The permissions claim for a token, ``{"<namespace>": ["perm", ...]}``, sorted, and whether it was
-    left out: when its compact JSON exceeds ``cap_bytes`` it is (None, True) and verifiers use the
-    trust bundle's grants instead. No grants at all is ``{}``, an explicit "nothing"."""
-    claim = {ns: sorted(set(grants_by_ns[ns])) for ns in sorted(grants_by_ns)}
-    size = len(json.dumps(claim, sort_keys=True, separators=(",", ":")).encode())
-    return (claim, False) if size <= cap_bytes else (None, True)
-
-
 def _put(mapping: dict[Any, Any], key: Any, value: Any) -> None:
     if value is None:
         mapping.pop(key, None)
@@ -166,12 +158,14 @@ class Engine:
         self._bindings = dict(state.bindings)
         self._services = {ns: frozenset(s) for ns, s in state.namespace_services.items() if s}
         self._accounts = set(state.accounts)
+        self._disabled = set(state.disabled) - self._accounts
         initial = compute(self.state())
         self._results = dict(initial.bindings)
         self._principals = dict(initial.principals)
         self._grants = {ns: dict(g) for ns, g in initial.grants.items()}
         self._tokens = {p: dict(t) for p, t in initial.tokens.items()}
         self._effective = {key: frozenset(r.members) for key, r in self._results.items()}
+        self._versions: dict[str, int] = {}  # namespace -> how often its grants changed
         self._by_role: dict[Key, set[Key]] = {}
         self._by_namespace: dict[str, set[Key]] = {}
         self._by_account: dict[Key, set[Key]] = {}
@@ -190,8 +184,18 @@ class Engine:
         tokens = {p: dict(t) for p, t in self._tokens.items()}
         return Result(dict(self._results), dict(self._principals), grants, tokens)
 
+    def grants_version(self, namespace: str) -> int:
+        """A number that changes whenever the namespace's grants do (for caching what is rendered from them)."""
+        return self._versions.get(namespace, 0)
+
     def state(self) -> State:
-        return State(dict(self._roles), dict(self._bindings), dict(self._services), frozenset(self._accounts))
+        return State(
+            dict(self._roles),
+            dict(self._bindings),
+            dict(self._services),
+            frozenset(self._accounts),
+            frozenset(self._disabled),
+        )
 
     def set_role(self, key: Key, facts: RoleFacts | None) -> Delta:
         if self._roles.get(key) == facts:
@@ -220,13 +224,16 @@ class Engine:
         _put(self._services, namespace, wanted or None)
         return self._refresh(self._by_namespace.get(namespace, ()))
 
-    def set_account(self, key: Key, exists: bool) -> Delta:
-        if (key in self._accounts) == exists:
+    def set_account(self, key: Key, exists: bool, enabled: bool = True) -> Delta:
+        """The ServiceAccount ``key`` appeared, went, or was disabled or enabled."""
+        now_enabled, now_disabled = exists and enabled, exists and not enabled
+        if (key in self._accounts, key in self._disabled) == (now_enabled, now_disabled):
             return Delta()
-        if exists:
-            self._accounts.add(key)
-        else:
-            self._accounts.discard(key)
+        for members, present in ((self._accounts, now_enabled), (self._disabled, now_disabled)):
+            if present:
+                members.add(key)
+            else:
+                members.discard(key)
         return self._refresh(self._by_account.get(key, ()))
 
     def _index(self, key: Key, facts: BindingFacts) -> None:
@@ -278,7 +285,7 @@ class Engine:
         return Delta(frozenset(bindings), principals, frozenset(namespaces), frozenset(tokens))
 
     def _view(self) -> State:
-        return State(self._roles, self._bindings, self._services, self._accounts)  # live, read only
+        return State(self._roles, self._bindings, self._services, self._accounts, self._disabled)  # live, read only
 
     def _bound(self, principal: str) -> Iterable[Key]:
         for keys in self._by_principal.get(principal, {}).values():
@@ -305,6 +312,7 @@ class Engine:
         if old == new:
             return False, False
         _put(self._grants.setdefault(namespace, {}), principal, new)
+        self._versions[namespace] = self._versions.get(namespace, 0) + 1
         _put(self._tokens.setdefault(principal, {}), namespace, new.permissions if new else None)
         for mapping, inner in ((self._grants, namespace), (self._tokens, principal)):
             if not mapping[inner]:

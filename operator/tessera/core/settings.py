@@ -22,6 +22,11 @@ TRUST_BUNDLE_LABEL_VALUE = "enabled"
 # The API server refuses ConfigMaps whose data exceed 1 MiB; keep room for metadata.
 BUNDLE_LIMIT_BYTES = 1_000_000
 MAX_TOKEN_TTL_SECONDS = 24 * 3600
+# The grants claim's compact JSON stays under this, so a token fits well inside common 8 KiB header
+# limits (nginx's large_client_header_buffers, Go's and Envoy's defaults are larger): base64url
+# makes 2 KiB of JSON about 2.7 KiB, plus about 330 bytes for the rest of an ES256 token.
+TOKEN_GRANTS_MAX_BYTES = 2048
+TOKEN_GRANTS_LIMIT_BYTES = 6144
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Settings:
     # How far past ``exp`` verifiers may accept a token (clock skew); revocations and retired keys
     # outlive the tokens they cover by this much. Sidecars must use a leeway no larger.
     clock_leeway: datetime.timedelta = datetime.timedelta(seconds=60)
+    # Over this many bytes the grants claim is left out of a token (0: never put in tokens).
+    token_grants_max_bytes: int = TOKEN_GRANTS_MAX_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -58,12 +65,15 @@ class Settings:
             max_ttl = datetime.timedelta(seconds=float(env.get("TESSERA_MAX_TOKEN_TTL_SECONDS", MAX_TOKEN_TTL_SECONDS)))
             bundle_max = int(env.get("TESSERA_BUNDLE_MAX_BYTES", BUNDLE_LIMIT_BYTES))
             leeway = datetime.timedelta(seconds=float(env.get("TESSERA_CLOCK_LEEWAY_SECONDS", 60)))
+            grants_max = int(env.get("TESSERA_TOKEN_GRANTS_MAX_BYTES", TOKEN_GRANTS_MAX_BYTES))
         except ValueError as exc:
             raise errors.ConfigError(f"a numeric TESSERA_* setting is not a number: {exc}") from exc
         if not 60 <= max_ttl.total_seconds() <= MAX_TOKEN_TTL_SECONDS:
             raise errors.ConfigError("TESSERA_MAX_TOKEN_TTL_SECONDS must be between 60 and 86400")
         if not 0 < bundle_max <= BUNDLE_LIMIT_BYTES:
             raise errors.ConfigError(f"TESSERA_BUNDLE_MAX_BYTES must be between 1 and {BUNDLE_LIMIT_BYTES}")
+        if not 0 <= grants_max <= TOKEN_GRANTS_LIMIT_BYTES:
+            raise errors.ConfigError(f"TESSERA_TOKEN_GRANTS_MAX_BYTES must be between 0 and {TOKEN_GRANTS_LIMIT_BYTES}")
         return cls(
             namespace=namespace,
             issuer=env.get("TESSERA_ISSUER", f"https://tessera.{namespace}.svc"),
@@ -75,4 +85,5 @@ class Settings:
             max_token_ttl=max_ttl,
             bundle_max_bytes=bundle_max,
             clock_leeway=leeway,
+            token_grants_max_bytes=grants_max,
         )

@@ -5,18 +5,54 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
 from tessera.core import conditions, secrets, tokens
 
+GRANTS_CONDITION = "TokenGrants"
+
+
+def grants_condition(grants: tokens.Grants, generation: int | None) -> meta.Condition:
+    """Whether the token carries the grants claim (False: too large, verifiers use the bundle)."""
+    return meta.Condition(
+        type=GRANTS_CONDITION,
+        status="False" if grants.omitted else "True",
+        reason="GrantsTooLarge" if grants.omitted else "Included",
+        message=grants.message(),
+        observed_generation=generation,
+    )
+
+
+def grants_left_out(previous: sa_api.ServiceAccountStatus, new: dict[str, Any]) -> bool:
+    """Whether ``new`` is the first status to say the token's grants were left out (warn once, not per tick)."""
+    was = any(c.type == GRANTS_CONDITION and c.status == "False" for c in previous.conditions)
+    now_out = any(c.get("type") == GRANTS_CONDITION and c.get("status") == "False" for c in new.get("conditions", []))
+    return now_out and not was
+
+
+def _still_ready(condition: meta.Condition, generation: int | None) -> bool:
+    return condition.type == "Ready" and condition.status == "True" and condition.observed_generation == generation
+
 
 def serviceaccount_status(
-    sa: sa_api.ServiceAccount, decision: tokens.Decision, now: datetime.datetime
+    sa: sa_api.ServiceAccount,
+    decision: tokens.Decision,
+    now: datetime.datetime,
+    grants: tokens.Grants = tokens.NO_GRANTS,
 ) -> dict[str, Any]:
-    """The whole status object (JSON form) after ``decision`` was applied."""
+    """The whole status object (JSON form) after ``decision`` was applied with ``grants``."""
     ok = not isinstance(decision, tokens.Withdraw)
-    condition = conditions.ready(ok, decision.reason, decision.message, sa.metadata.generation)
+    generation = sa.metadata.generation
+    kept = [c for c in sa.status.conditions if c.type != GRANTS_CONDITION]
+    ready = conditions.ready(ok, decision.reason, decision.message, generation)
+    if isinstance(decision, tokens.Keep):  # say "issued" or "refreshed" until the next token, not "current"
+        ready = next((c for c in kept if _still_ready(c, generation)), ready)
+    found = conditions.set_condition(kept, ready, now)
+    if ok:
+        previous = [c for c in sa.status.conditions if c.type == GRANTS_CONDITION]
+        found = conditions.set_condition(found + previous, grants_condition(grants, generation), now)
     status = sa_api.ServiceAccountStatus(
-        conditions=conditions.set_condition(sa.status.conditions, condition, now),
+        conditions=found,
         observed_generation=sa.metadata.generation,
         subject=sa.subject,
         secret_name=secrets.token_secret_name(sa),

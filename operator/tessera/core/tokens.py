@@ -5,6 +5,11 @@ the spec, the token last written (read back from its Secret's annotations) and `
 fall between 70 % and 80 % of the TTL, spread by a hash of the account's uid so that a thousand
 accounts created together do not refresh together; the spread is deterministic, so re-planning
 gives the same answer.
+
+Tokens carry the subject's grants, ``"grants": {"<namespace>": ["<permission>", ...]}``, for consumers
+that read only the JWT. A change of grants, like any change of the claims, makes a new token. When
+the claim would exceed the operator's cap it is left out entirely (never cut short, which would
+read as "fewer permissions"): a consumer that finds no ``grants`` claim must use the trust bundle.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tessera.api import serviceaccount as sa_api
@@ -70,6 +76,40 @@ class Withdraw:
 
 
 Decision = Issue | Keep | Withdraw
+GRANTS_CLAIM = "grants"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grants:
+    """The grants claim of a token: ``claim`` is None when it was left out for being over ``cap`` bytes."""
+
+    claim: dict[str, list[str]] | None
+    size: int
+    cap: int
+
+    @property
+    def omitted(self) -> bool:
+        return self.claim is None
+
+    def message(self) -> str:
+        if self.claim is None:
+            return (
+                f"the grants take {self.size} bytes, over the token cap of {self.cap} "
+                "(TESSERA_TOKEN_GRANTS_MAX_BYTES): the token carries no grants claim; "
+                "verifiers use the trust bundle's grants"
+            )
+        return f"the token carries the grants of {len(self.claim)} namespaces ({self.size} bytes)"
+
+
+def token_grants(by_namespace: Mapping[str, Iterable[str]], cap_bytes: int) -> Grants:
+    """The grants claim, sorted and deduplicated: namespace -> permissions as the roles wrote them.
+    No grants at all is ``{}``, an explicit "nothing"; over ``cap_bytes`` of compact JSON, None."""
+    claim = {ns: sorted(set(by_namespace[ns])) for ns in sorted(by_namespace)}
+    size = len(json.dumps(claim, sort_keys=True, separators=(",", ":")).encode())
+    return Grants(claim if size <= cap_bytes else None, size, cap_bytes)
+
+
+NO_GRANTS = Grants({}, 2, 2)
 
 
 def ttl_seconds(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> int:
@@ -84,13 +124,14 @@ def alive_until(observed: ObservedToken, now: datetime.datetime, cfg: settings.S
     return observed.alive_until
 
 
-def inputs_digest(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> str:
+def inputs_digest(sa: sa_api.ServiceAccount, cfg: settings.Settings, grants: Grants = NO_GRANTS) -> str:
     """A digest of everything a token's claims depend on besides time; a change forces a new token."""
     material = {
         "iss": cfg.issuer,
         "aud": audiences(sa, cfg),
         "ttl": ttl_seconds(sa, cfg),
         "cidrs": sorted(sa.spec.allowed_cidrs),
+        "grants": grants.claim,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -107,7 +148,11 @@ def refresh_at(uid: str, issued_at: datetime.datetime, ttl_seconds: int) -> date
 
 
 def claims(
-    sa: sa_api.ServiceAccount, cfg: settings.Settings, key: issuer.IssuerKey, now: datetime.datetime
+    sa: sa_api.ServiceAccount,
+    cfg: settings.Settings,
+    key: issuer.IssuerKey,
+    now: datetime.datetime,
+    grants: Grants = NO_GRANTS,
 ) -> dict[str, Any]:
     """RFC 9068 access-token claims for the account, issued at ``now`` (whole seconds)."""
     iat = int(now.timestamp())
@@ -125,6 +170,8 @@ def claims(
     }
     if sa.spec.allowed_cidrs:
         body["cidrs"] = sorted(sa.spec.allowed_cidrs)
+    if grants.claim is not None:
+        body[GRANTS_CLAIM] = grants.claim
     return body
 
 
@@ -162,7 +209,7 @@ def reissue_reason(
 ) -> Reason | None:
     """Why the current token must be replaced, first match wins; None keeps it."""
     checks: tuple[tuple[bool, str, str], ...] = (
-        (observed.inputs != inputs, "TokenReissued", "the token settings changed; a new token was issued"),
+        (observed.inputs != inputs, "TokenReissued", "the token settings or grants changed; a new token was issued"),
         (
             observed.key_id not in {k.kid for k in keyset},
             "TokenReissued",
@@ -180,14 +227,16 @@ def decide(
     cfg: settings.Settings,
     now: datetime.datetime,
     not_before: datetime.datetime | None = None,
+    grants: Grants = NO_GRANTS,
 ) -> Decision:
     """Keep, issue or withdraw the account's token; see the module docstring for the order.
 
     ``not_before`` is the account's revocation moment, if any: a new token is never issued before
-    it (at most a second ahead of ``now``), so a re-enabled account's token is not refused."""
+    it (at most a second ahead of ``now``), so a re-enabled account's token is not refused.
+    ``grants`` is the claim the token should carry; a token carrying other grants is replaced."""
     if sa.spec.disabled:
         return Withdraw("Disabled", "the account is disabled: no token is issued", pending=observed is not None)
-    inputs = inputs_digest(sa, cfg)
+    inputs = inputs_digest(sa, cfg, grants)
     found: Reason = ("TokenIssued", "a token was issued")
     if observed is not None:
         why = reissue_reason(observed, keyset, inputs, now)
@@ -195,7 +244,7 @@ def decide(
             return Keep("TokenIssued", "the token is current", observed)
         found = why
     key = issuer.signing_key(keyset, now)
-    body = claims(sa, cfg, key, max(now, not_before) if not_before is not None else now)
+    body = claims(sa, cfg, key, max(now, not_before) if not_before is not None else now, grants)
     issued = datetime.datetime.fromtimestamp(body["iat"], datetime.UTC)
     expires = datetime.datetime.fromtimestamp(body["exp"], datetime.UTC)
     facts = ObservedToken(

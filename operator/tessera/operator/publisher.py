@@ -48,6 +48,18 @@ class Publisher:
         self.kube, self.cfg = kube, cfg
         self.published: dict[str, str] = {}  # namespace -> bundle text it holds
         self.warned: dict[str, str] = {}  # namespace -> digest of the oversized bundle it was warned about
+        # namespace -> (shared part, grants version, text): a round re-renders only the namespaces
+        # whose grants changed, unless the shared part (keys, revocations, accounts) did.
+        self.rendered: dict[str, tuple[str, int, str]] = {}
+
+    def text(self, namespace: str, shared: str, version: int, render: Callable[[], str]) -> str:
+        """The namespace's bundle text, rendered again only when its inputs changed."""
+        cached = self.rendered.get(namespace)
+        if cached is not None and cached[0] == shared and cached[1] == version:
+            return cached[2]
+        text = render()
+        self.rendered[namespace] = (shared, version, text)
+        return text
 
     async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str]) -> bool:
         """Bring every namespace (name -> uid) to its bundle; drop bundles where the opt-in is gone.
@@ -65,6 +77,8 @@ class Publisher:
                 return True
 
         texts = {ns: text_for(ns) for ns in namespaces}
+        for gone in set(self.rendered) - set(namespaces):
+            del self.rendered[gone]
         jobs = [
             one(self._write(ns, uid, texts[ns]))
             for ns, uid in namespaces.items()
@@ -117,10 +131,16 @@ async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]
         await memo.revocations.prune(now)
         current = inputs(memo, indexes)
         shared = bundles.document(current, now)
+        shared_text = bundles.render(shared)
         namespaces = {ns: uid for ns, store in indexes["trust_bundle_namespaces_index"].items() for uid in store}
 
         def text_for(namespace: str) -> str:
-            return bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(memo, namespace)))
+            return publisher.text(
+                namespace,
+                shared_text,
+                rolebindings.grants_version(memo, namespace),
+                lambda: bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(memo, namespace))),
+            )
 
         ok = await publisher.sync(namespaces, text_for)
         pause = state.seconds_until(bundles.next_change(current, now))

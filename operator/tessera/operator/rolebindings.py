@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,6 +99,7 @@ def _state(indexes: Indexes) -> grants.State:
             ns: _first(indexes["namespace_services_index"], ns) for ns in indexes["namespace_services_index"]
         },
         accounts=frozenset(key for key in accounts if _first(accounts, key).enabled),
+        disabled=frozenset(key for key in accounts if not _first(accounts, key).enabled),
     )
 
 
@@ -112,53 +114,72 @@ def _everything(engine: grants.Engine, indexes: Indexes) -> grants.Delta:
     )
 
 
-async def _changed(memo: Any, indexes: Indexes, change: Any) -> None:
+async def _changed(memo: Any, indexes: Mapping[str, Any], change: Any) -> None:
     """Apply one change (a callable on the engine returning a Delta) and write what it altered."""
     hub: Grants = memo.grants
+    first = hub.engine is None
+    started = time.monotonic()
     if hub.engine is None:
-        started = datetime.datetime.now(datetime.UTC)
         hub.engine = grants.Engine(_state(indexes))
         delta = _everything(hub.engine, indexes)
-        took = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
-        logger.info("Computed the assignments of %d RoleBindings in %.2fs", len(hub.engine.result.bindings), took)
+        logger.info(
+            "Computed the assignments of %d RoleBindings in %.2fs",
+            len(hub.engine.result.bindings),
+            time.monotonic() - started,
+        )
         hub.built.set()
     else:
         delta = change(hub.engine)
     if delta.grants:
         memo.hub.touch()
     try:
-        await _write(memo, hub.engine, delta, indexes)
+        written = await _write(memo, hub.engine, delta, indexes)
     except errors.KubeError as exc:
         raise kopf.TemporaryError(f"{exc}; will retry", delay=10) from exc
+    if first:
+        logger.info(
+            "Start-up sync done in %.2fs: compared %d RoleBinding and %d account statuses, wrote %d",
+            time.monotonic() - started,
+            len(delta.bindings),
+            len(delta.principals),
+            written,
+        )
 
 
-async def _write(memo: Any, engine: grants.Engine, delta: grants.Delta, indexes: Indexes) -> None:
+async def _write(memo: Any, engine: grants.Engine, delta: grants.Delta, indexes: Indexes) -> int:
+    """Write the statuses ``delta`` names where they differ from the stored ones; return how many were written."""
     now = datetime.datetime.now(datetime.UTC)
     jobs = [_write_binding(memo, engine, key, indexes, now) for key in delta.bindings]
     jobs += [_write_summary(memo, engine, key, indexes) for key in delta.principals]
+    written = 0
     for batch in (jobs[i : i + 32] for i in range(0, len(jobs), 32)):
-        await asyncio.gather(*batch)
+        written += sum(await asyncio.gather(*batch))
+    return written
 
 
-async def _write_binding(memo: Any, engine: grants.Engine, key: Key, indexes: Indexes, now: datetime.datetime) -> None:
+async def _write_binding(memo: Any, engine: grants.Engine, key: Key, indexes: Indexes, now: datetime.datetime) -> bool:
     result, entry = engine.result.bindings.get(key), _first(indexes["rolebindings_index"], key)
     if result is None or entry is None:
-        return
+        return False
     new = assignments.binding_status(entry.conditions, result, now)
-    if status.needs_update(entry.status, new):
-        await objects.patch_status(memo.kube, rb_api.INFO.plural, key[0], key[1], new)
-        logger.info("Updated RoleBinding %s/%s: %s (%d assignments)", *key, result.reason, len(result.assignments))
+    if not status.needs_update(entry.status, new):
+        return False
+    await objects.patch_status(memo.kube, rb_api.INFO.plural, key[0], key[1], new)
+    logger.info("Updated RoleBinding %s/%s: %s (%d assignments)", *key, result.reason, len(result.assignments))
+    return True
 
 
-async def _write_summary(memo: Any, engine: grants.Engine, principal: str, indexes: Indexes) -> None:
+async def _write_summary(memo: Any, engine: grants.Engine, principal: str, indexes: Indexes) -> bool:
     key = grants.account_of(principal)
     entry = _first(indexes["account_summaries_index"], key) if key else None
     if key is None or entry is None:
-        return  # a user (its summary lives in the bundles), or an account that is gone
+        return False  # a user (its summary lives in the bundles), or an account that is gone
     new = grants.summary_status(engine.result.principals.get(principal))
-    if status.needs_update({k: v or [] for k, v in entry.summary.items()}, new):
-        await objects.patch_status(memo.kube, sa_api.INFO.plural, key[0], key[1], new)
-        logger.info("Updated the services summary of ServiceAccount %s/%s: %s", *key, new["services"])
+    if not status.needs_update({k: v or [] for k, v in entry.summary.items()}, new):
+        return False
+    await objects.patch_status(memo.kube, sa_api.INFO.plural, key[0], key[1], new)
+    logger.info("Updated the services summary of ServiceAccount %s/%s: %s", *key, new["services"])
+    return True
 
 
 def _key(namespace: str | None, name: str | None) -> Key:
@@ -184,7 +205,7 @@ async def namespace_changed(memo: Any, name: str | None, **kw: Any) -> None:
 async def account_changed(memo: Any, namespace: str | None, name: str | None, **kw: Any) -> None:
     key = _key(namespace, name)
     entry = _first(kw["account_summaries_index"], key)
-    await _changed(memo, kw, lambda e: e.set_account(key, entry is not None and entry.enabled))
+    await _changed(memo, kw, lambda e: e.set_account(key, entry is not None, entry is not None and entry.enabled))
 
 
 async def role_reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
@@ -198,6 +219,11 @@ async def role_reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     ).wire()
     if status.needs_update(body.get("status"), new):
         patch.status.update(new)
+
+
+def grants_version(memo: Any, namespace: str) -> int:
+    engine: grants.Engine | None = memo.grants.engine
+    return engine.grants_version(namespace) if engine else -1
 
 
 def bundle_grants(memo: Any, namespace: str) -> dict[str, Any]:

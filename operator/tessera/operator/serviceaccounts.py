@@ -23,6 +23,7 @@ from tessera.crypto import tokens as crypto_tokens
 from tessera.kube import client, objects
 
 TRANSIENT_DELAY = 10.0
+GRANTS_WAIT_SECONDS = 30.0
 TokenIndex = kopf.Index[tuple[str, str], tokens.ObservedToken | None]
 
 
@@ -55,16 +56,29 @@ def _observed(memo: Any, index: TokenIndex, ref: tuple[str, str]) -> tokens.Obse
     return tokens.current(next(iter(index.get(ref, [])), None), memo.written.get(ref))
 
 
+async def _grants(memo: Any, subject: str) -> tokens.Grants:
+    """The grants the account's token should carry, once the grants engine has been built.
+
+    Waiting keeps a restart from issuing tokens without grants and then replacing them."""
+    hub = memo.grants
+    try:
+        await asyncio.wait_for(hub.built.wait(), GRANTS_WAIT_SECONDS)
+    except TimeoutError as exc:
+        raise kopf.TemporaryError("the grants are not computed yet; will retry", delay=TRANSIENT_DELAY) from exc
+    return tokens.token_grants(hub.engine.result.tokens.get(subject, {}), memo.cfg.token_grants_max_bytes)
+
+
 async def serviceaccount_reconcile(
     body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **kw: Any
 ) -> None:
     sa = sa_api.ServiceAccount.parse(body)
     ref = (sa.namespace, sa.name)
+    grants = await _grants(memo, sa.subject)
     async with memo.locks.setdefault(ref, asyncio.Lock()):  # a timer tick may race an update
         now = utcnow()
         observed = _observed(memo, kw["token_secrets_index"], ref)
         not_before = revocations.not_before(memo.revocations.current, sa.subject)
-        decision = tokens.decide(sa, observed, memo.issuer_keys.current, memo.cfg, now, not_before)
+        decision = tokens.decide(sa, observed, memo.issuer_keys.current, memo.cfg, now, not_before, grants)
         try:
             if isinstance(decision, tokens.Withdraw) and decision.pending and observed is not None:
                 await memo.revocations.revoke(sa.subject, now, observed)
@@ -77,9 +91,11 @@ async def serviceaccount_reconcile(
             raise kopf.TemporaryError(f"{exc}; will retry", delay=TRANSIENT_DELAY) from exc
         if not isinstance(decision, tokens.Keep):
             memo.written[ref] = tokens.Written.of(decision, now)
-    new_status = status.serviceaccount_status(sa, decision, now)
+    new_status = status.serviceaccount_status(sa, decision, now, grants)
     if status.needs_update(body.get("status"), new_status):
         patch.status.update(new_status)
+        if status.grants_left_out(sa.status, new_status):
+            kopf.warn(body, reason="GrantsTooLarge", message=grants.message())
     if isinstance(decision, tokens.Issue):
         logger.info(
             "%s: issued a token signed by %s, expiring %s", decision.reason, decision.key.kid, decision.facts.expires_at
