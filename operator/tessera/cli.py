@@ -37,6 +37,65 @@ def _keygen(args: argparse.Namespace) -> int:
     return keygen.run(options, datetime.datetime.now(datetime.UTC), sys.stdout, sys.stderr)
 
 
+def _sidecar(args: argparse.Namespace) -> int:
+    from tessera import errors
+    from tessera.sidecar import server
+
+    try:
+        audiences = frozenset(a.strip() for a in args.audience.split(",") if a.strip())
+        if not audiences:
+            raise errors.ConfigError("--audience: give at least one accepted audience")
+        if (args.proxy_listen is None) != (args.upstream is None):
+            raise errors.ConfigError("--proxy-listen and --upstream go together")
+        config = server.Config(
+            bundle_dir=Path(args.bundle_dir),
+            namespace=args.namespace,
+            audiences=audiences,
+            rules_file=Path(args.rules),
+            listen=server.parse_listen(args.listen),
+            proxy_listen=server.parse_listen(args.proxy_listen) if args.proxy_listen else None,
+            upstream=args.upstream,
+            leeway=args.leeway,
+            max_token_bytes=args.max_token_bytes,
+            max_lifetime=args.max_lifetime,
+            reload_seconds=args.reload_seconds,
+        )
+    except errors.ConfigError as exc:
+        print(f"tessera sidecar: {exc}", file=sys.stderr)
+        return 2
+    return server.run(config)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    import os
+
+    return os.environ.get(f"TESSERA_SIDECAR_{name}", default)
+
+
+def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sc = sub.add_parser(
+        "sidecar",
+        help="verify callers' tokens for the app in this pod",
+        description="Verify bearer tokens against the mounted trust bundle and authorise requests by rules. "
+        "Every flag also reads TESSERA_SIDECAR_<FLAG> (upper case, - as _).",
+    )
+    required = _env("NAMESPACE") is None
+    sc.add_argument("--bundle-dir", default=_env("BUNDLE_DIR", "/var/run/tessera/bundle"), help="mounted trust bundle")
+    sc.add_argument("--namespace", default=_env("NAMESPACE"), required=required, help="this pod's namespace")
+    sc.add_argument("--audience", default=_env("AUDIENCE", "tessera"), help="accepted audiences, comma-separated")
+    sc.add_argument("--rules", default=_env("RULES", "/etc/tessera/rules.yaml"), help="rules file (YAML or JSON)")
+    sc.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:8181"), help="auth endpoint, probes, metrics")
+    sc.add_argument("--proxy-listen", default=_env("PROXY_LISTEN"), help="reverse proxy address (with --upstream)")
+    sc.add_argument("--upstream", default=_env("UPSTREAM"), help="the app, e.g. http://127.0.0.1:8080")
+    sc.add_argument("--leeway", type=int, default=int(_env("LEEWAY", "60") or 60), help="clock leeway, seconds")
+    sc.add_argument("--max-token-bytes", type=_positive_int, default=int(_env("MAX_TOKEN_BYTES", "8192") or 8192))
+    sc.add_argument(
+        "--max-lifetime", type=_positive_int, default=int(_env("MAX_LIFETIME", "86400") or 86400), help="exp - iat"
+    )
+    sc.add_argument("--reload-seconds", type=float, default=float(_env("RELOAD_SECONDS", "2") or 2))
+    sc.set_defaults(func=_sidecar)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -76,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     crds.add_argument("--out", default="crds", help="folder to write into (default: crds)")
     crds.set_defaults(func=_crds)
     _add_keygen(sub)
+    _add_sidecar(sub)
     return top
 
 

@@ -9,7 +9,7 @@ import logging
 import kopf
 
 from tessera.core import settings as core_settings
-from tessera.operator import handlers
+from tessera.operator import handlers, kopffixes
 
 
 class QuietTimers(logging.Filter):
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = core_settings.Settings.from_env()
     if args.namespace:
         cfg = dataclasses.replace(cfg, namespace=args.namespace)
+    kopffixes.apply()
     registry = kopf.OperatorRegistry()
     handlers.register(registry, cfg)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
