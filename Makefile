@@ -29,6 +29,10 @@ venv: $(STAMP) ## Create the virtualenv with the package and dev tools
 control-plane: $(STAMP) ## Build (once, cached) or find kube-apiserver, etcd, kubectl; print their folder
 	@if [ -z "$${TESSERA_USE_EXISTING_CLUSTER:-}" ]; then $(BIN)/python -m tessera.envtest build; fi
 
+.PHONY: nginx
+nginx: $(STAMP) ## Find or unpack (once, cached) Debian's nginx for the sidecar tests; print its path
+	$(BIN)/python -m tessera.envtest.nginx
+
 .PHONY: crds
 crds: $(STAMP) ## Generate crds/ from the pydantic models
 	$(BIN)/tessera crds --out crds
@@ -49,7 +53,7 @@ test-unit: $(STAMP) ## Unit tests only (no control plane)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: $(STAMP) control-plane ## Unit and integration tests against a real local kube-apiserver + etcd
+test: $(STAMP) control-plane nginx ## Unit and integration tests against a real local kube-apiserver + etcd
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 .PHONY: run
@@ -57,7 +61,7 @@ run: $(STAMP) control-plane ## Start a local control plane, install CRDs and exa
 	$(BIN)/python -m tessera.envtest run
 
 .PHONY: bench
-bench: $(STAMP) control-plane ## Benchmarks against the local control plane; figures go to $(BENCH_OUT)
+bench: $(STAMP) control-plane nginx ## Benchmarks against the local control plane; figures go to $(BENCH_OUT)
 	$(BIN)/python -m tests.bench --out $(BENCH_OUT)
 
 .PHONY: clean

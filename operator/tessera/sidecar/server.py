@@ -39,11 +39,15 @@ HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Transfer-Encoding", "Upgrade",
     )
 )  # fmt: skip
-STRIPPED = HOP_BY_HOP | {h.lower() for h in (*decide.IDENTITY_HEADERS, decide.REASON_HEADER)}
+# Never passed on from the caller: hop-by-hop headers, Host (the upstream's own), and anything that
+# looks like a verified identity, which only the sidecar may assert.
+STRIPPED = HOP_BY_HOP | {"host"} | {h.lower() for h in (*decide.IDENTITY_HEADERS, decide.REASON_HEADER)}
 AUTH_PATH = "/auth"
+# Headers up to 64 KiB reach the verifier, so an oversized token gets its 401 and reason, not a 400.
+LIMITS = {"max_field_size": 65536, "max_line_size": 65536}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +217,7 @@ def auth_app(state: State) -> web.Application:
         text = state.metrics.render(state.cache_counts(), state.bundle_changed_at, state.bundle_valid)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
-    app = web.Application()
+    app = web.Application(handler_args=LIMITS)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_)
@@ -243,8 +247,6 @@ def proxy_app(state: State, upstream: str, session: Callable[[], ClientSession])
                 for name, value in answer.headers.items():
                     if name.lower() not in HOP_BY_HOP:
                         response.headers.add(name, value)
-                if answer.headers.get(hdrs.CONTENT_LENGTH) is not None:
-                    response.content_length = int(answer.headers[hdrs.CONTENT_LENGTH])
                 await response.prepare(request)
                 async for chunk in answer.content.iter_chunked(65536):
                     await response.write(chunk)
@@ -255,7 +257,7 @@ def proxy_app(state: State, upstream: str, session: Callable[[], ClientSession])
             logger.warning("The app did not answer %s %s: %s", request.method, request.path, type(exc).__name__)
             return web.json_response({"reason": "upstream_unavailable"}, status=502)
 
-    app = web.Application(client_max_size=0)
+    app = web.Application(client_max_size=0, handler_args=LIMITS)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 

@@ -76,8 +76,16 @@ class _Reject(Exception):  # internal control flow: never escapes this module
         self.reason = reason
 
 
+_ALPHABET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+
+
 def _b64(part: str) -> bytes:
+    """Strict, canonical base64url without padding: the unused low bits of the last character are zero,
+    so each byte string has exactly one encoding (no second spelling of the same signature)."""
     if len(part) % 4 == 1 or not B64URL.fullmatch(part):
+        raise _Reject("malformed_token")
+    spare = {2: 16, 3: 4}.get(len(part) % 4)
+    if spare is not None and _ALPHABET[part[-1]] % spare:
         raise _Reject("malformed_token")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

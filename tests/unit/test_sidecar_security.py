@@ -1,0 +1,109 @@
+"""The security table in-process: every malicious or broken token and request gets its exact status and
+reason from the decision function, and random input never yields 200 or an exception."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tessera.sidecar import decide, rules, trust, verify
+from tests.sidecar_cases import AUDIENCES, CASES, Case
+from tests.sidecar_kit import NAMESPACE, NOW, RULES, Kit
+
+KIT = Kit.make()
+RULESET = rules.parse(RULES)
+
+
+def verifier_for(kit: Kit) -> verify.Verifier:
+    return verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES, NAMESPACE))
+
+
+def run(case: Case, kit: Kit) -> decide.Decision:
+    if case.setup is not None:
+        case.setup(kit)
+    auth = case.authorization(kit)
+    return decide.decide(verifier_for(kit), RULESET, case.method, case.target, auth, case.source, kit.now)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_security_case(case: Case) -> None:
+    kit = Kit.make()
+    decision = run(case, kit)
+    assert (decision.status, decision.reason) == (case.status, case.reason)
+    headers = decision.headers()
+    assert headers["X-Tessera-Reason"] == case.reason
+    if case.status == 401:
+        assert headers["WWW-Authenticate"].startswith('Bearer realm="tessera"')
+        if case.reason != "missing_token":
+            assert (
+                'error="invalid_token"' in headers["WWW-Authenticate"]
+                or "invalid_request" in headers["WWW-Authenticate"]
+            )
+    if case.status == 403:
+        assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
+    if case.status == 200 and case.reason != "public":
+        assert headers["X-Tessera-Subject"].startswith("urn:tessera:serviceaccount:shop:")
+
+
+def test_the_table_is_big_enough_and_covers_both_refusals() -> None:
+    assert len(CASES) >= 30
+    assert {c.status for c in CASES} == {200, 401, 403}
+
+
+VALID = KIT.issued()
+VERIFIER = verifier_for(KIT)
+
+
+def decide_token(token: str, target: str = "/orders/1") -> decide.Decision:
+    return decide.decide(VERIFIER, RULESET, "GET", target, [f"Bearer {token}"], "10.0.0.1", NOW)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_pass(data: bytes) -> None:
+    token = data.decode("latin-1")
+    decision = decide.decide(VERIFIER, RULESET, "GET", "/orders/1", [f"Bearer {token}"], "10.0.0.1", NOW)
+    assert decision.status in (401, 403)
+
+
+def mutate(token: str, position: int, replacement: str) -> str:
+    index = position % len(token)
+    return token[:index] + replacement + token[index + 1 :]
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=10_000),
+    st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "),
+)
+def test_mutated_valid_tokens_never_pass(position: int, replacement: str) -> None:
+    mutated = mutate(VALID, position, replacement)
+    assert decide_token(mutated).status == (200 if mutated == VALID else 401)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["iss", "sub", "aud", "exp", "iat", "nbf", "cidrs", "grants", "typ"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(allow_nan=True),
+            st.text(max_size=5),
+            st.lists(st.text(max_size=3), max_size=2),
+        ),
+    )
+)
+def test_signed_tokens_with_odd_claims_are_refused_or_valid_never_crash(changes: dict[str, object]) -> None:
+    claims = {**KIT.claims(), **changes}
+    token = KIT.issued(**{k: v for k, v in claims.items() if k not in KIT.claims() or claims[k] != KIT.claims()[k]})
+    decision = decide_token(token)
+    assert decision.status in (200, 401, 403)
+    if decision.status == 200:
+        body = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert body["sub"] == KIT.claims()["sub"] and body["iss"] == KIT.claims()["iss"]
