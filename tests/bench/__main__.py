@@ -7,6 +7,7 @@
   often the trust bundle of their (opted-in) namespace was rewritten meanwhile.
 - disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
 - grants at scale (:mod:`tests.bench.grants_scale`): 10,000 RoleBindings over 2,000 principals.
+- the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tessera.envtest import assets, controlplane
 from tests import harness, resources, waiting
-from tests.bench import grants_scale
+from tests.bench import grants_scale, sidecar
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -335,9 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--principals", type=int, default=2_000, help="principals (half of them ServiceAccounts)")
     parser.add_argument("--tenants", type=int, default=50, help="namespaces the bindings are spread over")
     parser.add_argument("--changes", type=int, default=100, help="binding changes timed in the grants bench")
-    parser.add_argument("--only", choices=("crypto", "cluster", "grants"), action="append", help="run only these")
+    parser.add_argument("--sidecar-count", type=int, default=2000, help="tokens per sidecar verify figure")
+    parser.add_argument("--sidecar-concurrency", type=int, default=32, help="connections of the HTTP load")
+    parser.add_argument("--sidecar-seconds", type=float, default=10.0, help="length of each HTTP load run")
+    parser.add_argument(
+        "--only", choices=("crypto", "cluster", "grants", "sidecar"), action="append", help="run only these"
+    )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "grants"))
+    only = set(args.only or ("crypto", "cluster", "grants", "sidecar"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -346,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         results["crypto"] = crypto_bench(args.crypto_count)
     if "cluster" in only:
         results["cluster"] = cluster_bench(args.sequential, args.burst)
+    if "sidecar" in only:
+        results["sidecar"] = sidecar.sidecar_bench(args.sidecar_count, args.sidecar_concurrency, args.sidecar_seconds)
     if "grants" in only:
         results["grants"] = grants_scale.grants_bench(args.bindings, args.principals, args.tenants, args.changes)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -212,3 +212,28 @@ def test_metrics_render_decisions_latency_cache_and_bundle_state() -> None:
     assert 'tessera_sidecar_decision_seconds_bucket{le="+Inf"} 3' in text
     assert "tessera_sidecar_token_cache_hits_total 5" in text and "tessera_sidecar_bundle_age_seconds 30.0" in text
     assert "tessera_sidecar_bundle_valid 0" in text
+
+
+def test_the_example_workload_is_consistent_with_the_sidecar() -> None:
+    """examples/40-ledger-workload.yaml: its rules parse, its sidecar arguments parse, and the billing
+    account's token audience (10-serviceaccount.yaml) is one the sidecar accepts."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from tessera import cli
+
+    examples = Path(__file__).parents[2] / "examples"
+    docs = list(yaml.safe_load_all((examples / "40-ledger-workload.yaml").read_text()))
+    [config] = [d for d in docs if d["kind"] == "ConfigMap"]
+    ruleset = rules.parse(yaml.safe_load(config["data"]["rules.yaml"]))
+    assert rules.match(ruleset, "POST", "/entries").rule is not None
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [sidecar] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "tessera-sidecar"]
+    args: argparse.Namespace = cli.parser().parse_args(sidecar["args"])
+    billing = yaml.safe_load((examples / "10-serviceaccount.yaml").read_text())
+    assert args.audience in billing["spec"]["token"]["audiences"]
+    needed = {r.permission for r in ruleset if r.permission}
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    assert needed <= set(role["spec"]["permissions"])

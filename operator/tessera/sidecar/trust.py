@@ -11,8 +11,11 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, utils
 
 from tessera import errors
 from tessera.crypto import keys
@@ -33,6 +36,9 @@ class Key:
     subject: str | None  # account keys: the one subject (= issuer) it signs for; None for issuer keys
     expires_at: int | None  # account keys: not trusted from this moment (seconds since the epoch)
     signature_bytes: int  # the length of a raw signature by this key
+    # (signature, signing input) -> None, or cryptography's InvalidSignature; bound once per key so
+    # checking a token costs no type dispatch
+    check: Callable[[bytes, bytes], None] = dataclasses.field(repr=False, compare=False, default=lambda s, d: None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,30 @@ class Bundle:
     grants: Mapping[str, frozenset[str]]  # principal -> permissions in this namespace
     services: Mapping[str, tuple[str, ...]]  # principal -> services it is bound for here
     digest: str  # of the bundle text: equal digests, equal bundles
+
+
+_SHA256 = hashes.SHA256()
+_ECDSA = ec.ECDSA(_SHA256)
+_PKCS1 = padding.PKCS1v15()
+
+
+def _checker(public: keys.PublicKey) -> Callable[[bytes, bytes], None]:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        verify_ec, encode = public.verify, utils.encode_dss_signature
+
+        def check_ec(signature: bytes, data: bytes) -> None:
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            verify_ec(encode(r, s), data, _ECDSA)
+
+        return check_ec
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return public.verify
+    verify_rsa = public.verify
+
+    def check_rsa(signature: bytes, data: bytes) -> None:
+        verify_rsa(signature, data, _PKCS1, _SHA256)
+
+    return check_rsa
 
 
 def _signature_bytes(key: keys.PublicKey) -> int:
@@ -67,7 +97,7 @@ def _key(jwk: Any, subject: str | None, where: str) -> Key:
     expires = jwk.get("exp")
     if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
         raise BundleError(f"{where}: key {kid} has a non-integer exp")
-    return Key(kid, algorithm, public, subject, expires, _signature_bytes(public))
+    return Key(kid, algorithm, public, subject, expires, _signature_bytes(public), _checker(public))
 
 
 def _keys(doc: Mapping[str, Any]) -> dict[str, Key]:

@@ -19,29 +19,23 @@ revocations and removed keys take effect at once. Not thread-safe: one event loo
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import hashlib
 import ipaddress
 import json
-import re
+import json.scanner
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
 from tessera.sidecar import trust
 
 ISSUED_TYP = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068; case-insensitive per RFC 7515
 SELF_SIGNED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
-B64URL = re.compile(r"[A-Za-z0-9_-]*")
 CACHE_LIMIT = 10_000
-_SHA256 = hashes.SHA256()
-_ECDSA = ec.ECDSA(_SHA256)
-_PKCS1 = padding.PKCS1v15()
+HEADER_CACHE_LIMIT = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,19 +71,28 @@ class _Reject(Exception):  # internal control flow: never escapes this module
 
 
 _ALPHABET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # bytes.translate is a C loop; str.translate is not
+_PADDING = (b"", b"", b"==", b"=")
 
 
 def _b64(part: str) -> bytes:
     """Strict, canonical base64url without padding: the unused low bits of the last character are zero,
     so each byte string has exactly one encoding (no second spelling of the same signature)."""
-    if len(part) % 4 == 1 or not B64URL.fullmatch(part):
-        raise _Reject("malformed_token")
-    spare = {2: 16, 3: 4}.get(len(part) % 4)
-    if spare is not None and _ALPHABET[part[-1]] % spare:
+    rest = len(part) % 4
+    if rest == 1 or "+" in part or "/" in part or "=" in part:
         raise _Reject("malformed_token")
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except (binascii.Error, ValueError) as exc:
+        if rest and _ALPHABET[part[-1]] % (16 if rest == 2 else 4):
+            raise _Reject("malformed_token")
+        return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + _PADDING[rest], strict_mode=True)
+    except (KeyError, binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise _Reject("malformed_token") from exc
+
+
+def _decode(part: str) -> bytes:
+    try:
+        return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + _PADDING[len(part) % 4])
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise _Reject("malformed_token") from exc
 
 
@@ -100,9 +103,19 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique)
+_SCAN = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]  # the C scanner when available
+
+
 def _json(data: bytes, reason: str) -> dict[str, Any]:
     try:
-        value = json.loads(data, object_pairs_hook=_unique)
+        text = data.decode("utf-8")
+        try:  # fast path: a document that starts and ends at the braces, as every JWT library writes it
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # whitespace around it, or not JSON: the full decoder decides
+            value = _DECODER.decode(text)
     except _Reject:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -112,53 +125,26 @@ def _json(data: bytes, reason: str) -> dict[str, Any]:
     return value
 
 
-def _check_signature(key: trust.Key, signing_input: bytes, signature: bytes) -> None:
-    if len(signature) != key.signature_bytes:
-        raise _Reject("bad_signature")
-    public = key.public
-    try:
-        if isinstance(public, ec.EllipticCurvePublicKey):
-            der = utils.encode_dss_signature(
-                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            )
-            public.verify(der, signing_input, _ECDSA)
-        elif isinstance(public, ed25519.Ed25519PublicKey):
-            public.verify(signature, signing_input)
-        elif isinstance(public, rsa.RSAPublicKey):
-            public.verify(signature, signing_input, _PKCS1, _SHA256)
-        else:  # pragma: no cover (trust.parse admits no other key type)
-            raise _Reject("unknown_kid")
-    except InvalidSignature as exc:
-        raise _Reject("bad_signature") from exc
+_NOTHING: frozenset[str] = frozenset()
 
 
-def _number(claims: dict[str, Any], name: str, required: bool) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        if required:
-            raise _Reject(f"missing_{name}")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
-        raise _Reject("invalid_claims")
-    return float(value)
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool and not NaN or infinite (NumericDate, RFC 7519)."""
+    kind = type(value)
+    return kind is int or (kind is float and value - value == 0)
 
 
-def _audiences(claims: dict[str, Any]) -> Iterable[str]:
-    aud = claims.get("aud")
-    if isinstance(aud, str):
-        return (aud,)
-    if isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
+def _missing_or_invalid(claims: dict[str, Any], names: tuple[str, ...], optional: tuple[str, ...] = ()) -> str:
+    for name in names:
+        if claims.get(name) is None and name not in optional:
+            return f"missing_{name}"
+    return "invalid_claims"
+
+
+def _audiences(aud: Any) -> Iterable[str]:
+    if isinstance(aud, list) and aud and all(type(a) is str for a in aud):
         return aud
     raise _Reject("missing_aud" if aud is None else "invalid_claims")
-
-
-def _string(claims: dict[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if value is None:
-        raise _Reject(f"missing_{name}")
-    if not isinstance(value, str) or not value:
-        raise _Reject("invalid_claims")
-    return value
 
 
 def _cidrs_claim(claims: dict[str, Any]) -> tuple[trust.Network, ...]:
@@ -180,6 +166,7 @@ class Verifier:
         self.bundle = bundle
         self.policy = policy
         self._cache: dict[bytes, Identity] = {}
+        self._headers: dict[str, dict[str, Any]] = {}  # header text -> parsed: a few kinds, parsed once
         self._cache_limit = cache_limit
         self.hits = 0
         self.misses = 0
@@ -213,12 +200,10 @@ class Verifier:
         policy, bundle = self.policy, self.bundle
         if len(token) > policy.max_token_bytes:
             raise _Reject("token_too_large")
-        if not token.isascii():
+        first, last = token.find("."), token.rfind(".")
+        if first <= 0 or first == last or token.count(".") != 2 or not token.isascii():
             raise _Reject("malformed_token")
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise _Reject("malformed_token")
-        header = _json(_b64(parts[0]), "malformed_header")
+        header = self._header(token[:first])
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in policy.algorithms:
             raise _Reject("alg_not_allowed")
@@ -232,23 +217,41 @@ class Verifier:
             raise _Reject("unknown_kid")
         if alg != key.algorithm:
             raise _Reject("alg_key_mismatch")
-        _check_signature(key, f"{parts[0]}.{parts[1]}".encode("ascii"), _b64(parts[2]))
-        claims = _json(_b64(parts[1]), "malformed_payload")
+        signature = _b64(token[last + 1 :])
+        if len(signature) != key.signature_bytes:
+            raise _Reject("bad_signature")
+        try:
+            key.check(signature, token[:last].encode("ascii"))
+        except InvalidSignature as exc:
+            raise _Reject("bad_signature") from exc
+        # The payload is read only now, and only as signed: its text is what the signature covers.
+        claims = _json(_decode(token[first + 1 : last]), "malformed_payload")
         return self._claims(header, claims, key, now)
+
+    def _header(self, text: str) -> dict[str, Any]:
+        """The parsed header; valid ones are remembered (tokens of one key share one header text)."""
+        found = self._headers.get(text)
+        if found is None:
+            found = _json(_b64(text), "malformed_header")
+            if len(self._headers) < HEADER_CACHE_LIMIT:
+                self._headers[text] = found
+        return found
 
     def _claims(self, header: dict[str, Any], claims: dict[str, Any], key: trust.Key, now: float) -> Identity:
         policy, bundle = self.policy, self.bundle
-        iss, sub = _string(claims, "iss"), _string(claims, "sub")
-        exp = _number(claims, "exp", True)
-        iat = _number(claims, "iat", True)
-        nbf = _number(claims, "nbf", False)
-        assert exp is not None and iat is not None
+        iss, sub = claims.get("iss"), claims.get("sub")
+        if type(iss) is not str or type(sub) is not str or not iss or not sub:
+            raise _Reject(_missing_or_invalid(claims, ("iss", "sub")))
+        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
+        if not (_is_number(exp) and _is_number(iat) and (nbf is None or _is_number(nbf))):
+            raise _Reject(_missing_or_invalid(claims, ("exp", "iat", "nbf"), optional=("nbf",)))
+        exp, iat = cast(float, exp), cast(float, iat)
         typ = header.get("typ")
-        if typ is not None and not isinstance(typ, str):
+        if typ is not None and type(typ) is not str:
             raise _Reject("wrong_typ")
-        self_signed = key.subject is not None
-        if self_signed:
-            if iss != key.subject or sub != key.subject:
+        subject = key.subject
+        if subject is not None:  # a ServiceAccountKey: the account signs for itself only
+            if iss != subject or sub != subject:
                 raise _Reject("wrong_issuer")
             if typ is not None and typ.lower() not in SELF_SIGNED_TYP:
                 raise _Reject("wrong_typ")
@@ -259,29 +262,29 @@ class Verifier:
                 raise _Reject("wrong_issuer")
             if typ is None or typ.lower() not in ISSUED_TYP:
                 raise _Reject("wrong_typ")
-        if not any(a in policy.audiences for a in _audiences(claims)):
+        aud = claims.get("aud")
+        audiences = policy.audiences
+        if type(aud) is str:
+            if aud not in audiences:
+                raise _Reject("wrong_audience")
+        elif not any(a in audiences for a in _audiences(aud)):
             raise _Reject("wrong_audience")
-        if now > exp + policy.leeway:
+        leeway = policy.leeway
+        if now > exp + leeway:
             raise _Reject("expired")
-        if nbf is not None and now + policy.leeway < nbf:
+        if nbf is not None and now + leeway < cast(float, nbf):
             raise _Reject("not_yet_valid")
-        if iat > now + policy.leeway:
+        if iat > now + leeway:
             raise _Reject("issued_in_future")
         if exp - iat > policy.max_lifetime or exp < iat:
             raise _Reject("lifetime_too_long")
         not_before = bundle.revocations.get(sub)
         if not_before is not None and iat < not_before:
             raise _Reject("revoked")
-        token_cidrs = () if self_signed else _cidrs_claim(claims)
-        ranges = tuple(r for r in (bundle.cidrs.get(sub, ()), token_cidrs) if r)
-        return Identity(
-            subject=sub,
-            issuer=iss,
-            self_signed=self_signed,
-            expires_at=exp,
-            permissions=bundle.grants.get(sub, frozenset()),
-            cidrs=ranges,
-        )
+        account_ranges = bundle.cidrs.get(sub, ())
+        token_ranges = () if subject is not None or "cidrs" not in claims else _cidrs_claim(claims)
+        ranges = tuple(r for r in (account_ranges, token_ranges) if r) if account_ranges or token_ranges else ()
+        return Identity(sub, iss, subject is not None, float(exp), bundle.grants.get(sub, _NOTHING), ranges)
 
 
 def permitted(granted: frozenset[str], needed: str) -> bool:

@@ -1,0 +1,186 @@
+"""The sidecar's speed and footprint, each figure next to its baseline from the same run.
+
+- verification in-process, per algorithm: raw ``cryptography`` verify (the limit), PyJWT decode,
+  the sidecar's verify of new tokens (every one a cache miss) and of a repeated token (a hit);
+- HTTP auth-request mode: requests/s and p50/p99 latency of ``tessera sidecar`` answering
+  ``/auth`` with a repeated valid token, next to a bare aiohttp handler, under the same load
+  generator (one process, ``--concurrency`` kept-alive connections);
+- footprint: time from process start to ready (median of 5) and resident memory, idle and after load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import ClientSession, TCPConnector
+
+from tessera.crypto import keys
+from tessera.sidecar import trust, verify
+from tests import waiting
+from tests.harness import free_port
+from tests.sidecar_harness import start_sidecar, write_rules
+from tests.sidecar_kit import AUDIENCE, NAMESPACE, Kit, write_bundle_dir
+
+
+def rate(fn: Callable[[], object], count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return count / (time.perf_counter() - started)
+
+
+def raw_check(kit: Kit, token: str) -> Callable[[], None]:
+    from tests.bench.__main__ import raw_verifier
+
+    head, body, sig = token.split(".")
+    signature = keys.b64url_decode(sig)
+    return raw_verifier(kit.issuer_key.public_key(), f"{head}.{body}".encode(), signature)
+
+
+def verify_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
+    kit = Kit.make(algorithm)
+    policy = verify.Policy(frozenset({AUDIENCE}), NAMESPACE, max_token_bytes=16384)
+    bundle = trust.parse(kit.bundle_text())
+    now = float(kit.now)
+    fresh = [kit.issued(jti=f"j-{i}") for i in range(count)]
+    token = fresh[0]
+    public = kit.issuer_key.public_key()
+
+    def pyjwt() -> object:
+        return jwt.decode(
+            token,
+            public,
+            algorithms=[algorithm],
+            audience=AUDIENCE,
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
+
+    raw = rate(raw_check(kit, token), count)
+    new_verifier = verify.Verifier(bundle, policy, cache_limit=count + 1)
+    tokens = iter(fresh)
+    new = rate(lambda: new_verifier.authenticate(next(tokens), now), count)
+    assert new_verifier.misses == count and new_verifier.hits == 0
+    repeated_verifier = verify.Verifier(bundle, policy)
+    assert isinstance(repeated_verifier.authenticate(token, now), verify.Identity)
+    repeated = rate(lambda: repeated_verifier.authenticate(token, now), count * 20)
+    return {
+        "raw_verify_per_s": raw,
+        "pyjwt_decode_per_s": rate(pyjwt, count),
+        "sidecar_new_token_per_s": new,
+        "sidecar_repeated_token_per_s": repeated,
+        "new_over_raw": new / raw,
+        "repeated_over_raw": repeated / raw,
+        "token_bytes": float(len(token)),
+    }
+
+
+async def _load(port: int, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    async with ClientSession(connector=TCPConnector(limit=concurrency)) as session:
+        url = f"http://127.0.0.1:{port}/auth"
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.get(url, headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        took = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {
+        "requests": float(len(ordered)),
+        "requests_per_s": len(ordered) / took,
+        "p50_ms": ordered[len(ordered) // 2] * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "non_200": float(sum(n for s, n in statuses.items() if s != 200)),
+    }
+
+
+def load(port: int, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, float]:
+    asyncio.run(_load(port, headers, 8, 1.0))  # warm up connections and caches
+    return asyncio.run(_load(port, headers, concurrency, seconds))
+
+
+def rss_kib(pid: int) -> int:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0])
+
+
+def http_figures(concurrency: int, seconds: float) -> dict[str, Any]:
+    kit = Kit.make("ES256", now=int(time.time()))
+    headers = {"Authorization": f"Bearer {kit.issued()}", "X-Original-URI": "/orders/1", "X-Original-Method": "GET"}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "bundle"
+        write_bundle_dir(folder, kit.bundle_text())
+        rules = write_rules(tmp)
+        starts = []
+        for _ in range(5):
+            began = time.monotonic()
+            probe = start_sidecar(tmp, folder, rules)
+            starts.append(time.monotonic() - began)
+            probe.stop()
+        sidecar = start_sidecar(tmp, folder, rules)
+        idle = rss_kib(sidecar.process.pid)
+        try:
+            measured = load(sidecar.port, headers, concurrency, seconds)
+            after = rss_kib(sidecar.process.pid)
+        finally:
+            sidecar.stop()
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, "-m", "tests.apps.bare", str(port)])
+        try:
+            waiting.until(lambda: _answers(port), timeout=30, interval=0.02, what="the bare handler")
+            baseline = load(port, headers, concurrency, seconds)
+            bare_rss = rss_kib(bare.pid)
+        finally:
+            bare.terminate()
+            bare.wait()
+    return {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "sidecar_auth": measured,
+        "bare_aiohttp_handler": baseline,
+        "throughput_over_bare": measured["requests_per_s"] / baseline["requests_per_s"],
+        "start_to_ready_s": {"median": statistics.median(starts), "max": max(starts)},
+        "sidecar_rss_kib": {"idle": idle, "after_load": after},
+        "bare_handler_rss_kib": bare_rss,
+    }
+
+
+def _answers(port: int) -> bool:
+    import contextlib
+    import http.client
+
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("GET", "/auth")
+        return conn.getresponse().status == 200
+    return False
+
+
+def sidecar_bench(count: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    return {
+        "verify": {algorithm: verify_figures(algorithm, count) for algorithm in keys.ALGORITHMS},
+        "http": http_figures(concurrency, seconds),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(sidecar_bench(500, 32, 3.0), indent=2))
