@@ -16,7 +16,7 @@ async def ok(_: web.Request) -> web.Response:
 
 def main() -> None:
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
+    app.router.add_route("*", "/auth", ok)  # the same static route the sidecar serves
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 
 

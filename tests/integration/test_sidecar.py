@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests import waiting
 from tests.harness import Cluster, Operator
@@ -314,3 +316,19 @@ def test_a_token_the_operator_issued_against_the_bundle_it_published(
         assert refused.status == 401 and refused.json() == {"reason": "revoked"}
     finally:
         sidecar.stop()
+
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=300)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(authorization=HEADER_TEXT, uri=HEADER_TEXT, method=st.sampled_from(["GET", "POST", "get", "DELETE", "X"]))
+def test_random_requests_over_http_never_pass_or_fail(
+    sidecar: Sidecar, authorization: str, uri: str, method: str
+) -> None:
+    headers: dict[str, str | list[str]] = {"X-Original-URI": uri, "X-Original-Method": method}
+    if authorization.strip():
+        headers["Authorization"] = authorization
+    answer = request(sidecar.port, "GET", "/auth", headers)
+    public = answer.headers.get("X-Tessera-Reason") == "public"  # a random path may be the public /healthz
+    assert answer.status in (401, 403) or (answer.status == 200 and public), (answer.status, answer.body[:200])

@@ -162,7 +162,11 @@ class State:
         if self.verifier is None or self.rules is None:
             decision = decide.unauthenticated("not_ready", "invalid_token")
         else:
-            decision = decide.decide(self.verifier, self.rules, method, target, authorization, source, time.time())
+            try:
+                decision = decide.decide(self.verifier, self.rules, method, target, authorization, source, time.time())
+            except Exception:  # a bug must deny, never answer 500 or let anyone through
+                logger.exception("Unexpected error deciding %s %s; denied", method, target.split("?", 1)[0][:200])
+                decision = decide.unauthenticated("verification_error", "invalid_token")
         self.metrics.decided(decision.status, decision.reason, time.perf_counter() - started)
         return decision
 
