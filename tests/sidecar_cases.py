@@ -154,6 +154,12 @@ CASES: tuple[Case, ...] = (
         401,
         "duplicate_member",
     ),
+    Case(
+        "duplicate sub spelled with an escape (signed)",
+        lambda k: _signed_text(k, json.dumps(k.claims())[:-1] + ', "s\\u0075b": "' + REPORTS + '"}'),
+        401,
+        "duplicate_member",
+    ),
     Case("exp is a string (signed)", lambda k: k.issued(exp=str(k.now + 100)), 401, "invalid_claims"),
     Case("exp is a boolean (signed)", lambda k: k.issued(exp=True), 401, "invalid_claims"),
     Case("aud is a number (signed)", lambda k: k.issued(aud=7), 401, "invalid_claims"),

@@ -40,7 +40,9 @@ def serviceaccount_status(
     now: datetime.datetime,
     grants: tokens.Grants = tokens.NO_GRANTS,
 ) -> dict[str, Any]:
-    """The whole status object (JSON form) after ``decision`` was applied with ``grants``."""
+    """The status the token side owns (JSON form) after ``decision`` was applied with ``grants``: all
+    but the services summary, which the grants side writes. Leaving it out of this merge patch keeps
+    a reconcile that read an older status from writing an older summary back."""
     ok = not isinstance(decision, tokens.Withdraw)
     generation = sa.metadata.generation
     kept = [c for c in sa.status.conditions if c.type != GRANTS_CONDITION]
@@ -59,8 +61,6 @@ def serviceaccount_status(
         token_expires_at=None if isinstance(decision, tokens.Withdraw) else decision.facts.expires_at,
         token_refresh_at=None if isinstance(decision, tokens.Withdraw) else decision.facts.refresh_at,
         key_id=None if isinstance(decision, tokens.Withdraw) else decision.facts.key_id,
-        services=sa.status.services,  # kept: the grants engine writes these
-        bound_in=sa.status.bound_in,
     )
     wire = status.wire()
     for cleared in ("tokenExpiresAt", "tokenRefreshAt", "keyId"):
@@ -77,7 +77,15 @@ def failed_status(sa: sa_api.ServiceAccount, reason: str, message: str, now: dat
             "observed_generation": sa.metadata.generation,
         }
     )
-    return updated.wire()
+    return token_part(updated.wire())
+
+
+SUMMARY_KEYS = ("services", "boundIn")  # written by the grants side only
+
+
+def token_part(stored: Any) -> dict[str, Any]:
+    """A ServiceAccount status without the services summary, to compare with what the token side writes."""
+    return {k: v for k, v in dict(stored or {}).items() if k not in SUMMARY_KEYS}
 
 
 def _compact(value: Any) -> Any:

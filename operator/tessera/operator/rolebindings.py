@@ -182,6 +182,17 @@ async def _write_summary(memo: Any, engine: grants.Engine, principal: str, index
     return True
 
 
+def _also(
+    delta: grants.Delta,
+    bindings: frozenset[Key] | set[Key] = frozenset(),
+    principals: frozenset[str] | set[str] = frozenset(),
+) -> grants.Delta:
+    """``delta`` plus statuses to compare (and write only if they differ from the computation)."""
+    return dataclasses.replace(
+        delta, bindings=delta.bindings | frozenset(bindings), principals=delta.principals | frozenset(principals)
+    )
+
+
 def _key(namespace: str | None, name: str | None) -> Key:
     return (namespace or "", name or "")
 
@@ -194,7 +205,9 @@ async def role_changed(memo: Any, namespace: str | None, name: str | None, **kw:
 async def rolebinding_changed(memo: Any, namespace: str | None, name: str | None, **kw: Any) -> None:
     key = _key(namespace, name)
     entry = _first(kw["rolebindings_index"], key)
-    await _changed(memo, kw, lambda e: e.set_binding(key, entry.facts if entry else None))
+    # Also compare this binding's stored status with the computation (the Delta names only what the
+    # computation changed): any event about it repairs a status someone else overwrote.
+    await _changed(memo, kw, lambda e: _also(e.set_binding(key, entry.facts if entry else None), bindings={key}))
 
 
 async def namespace_changed(memo: Any, name: str | None, **kw: Any) -> None:
@@ -205,7 +218,9 @@ async def namespace_changed(memo: Any, name: str | None, **kw: Any) -> None:
 async def account_changed(memo: Any, namespace: str | None, name: str | None, **kw: Any) -> None:
     key = _key(namespace, name)
     entry = _first(kw["account_summaries_index"], key)
-    await _changed(memo, kw, lambda e: e.set_account(key, entry is not None, entry is not None and entry.enabled))
+    exists, enabled = entry is not None, entry is not None and entry.enabled
+    principal = sa_api.subject_urn(*key)  # and its stored summary, as for bindings
+    await _changed(memo, kw, lambda e: _also(e.set_account(key, exists, enabled), principals={principal}))
 
 
 async def role_reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:

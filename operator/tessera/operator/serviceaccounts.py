@@ -92,7 +92,7 @@ async def serviceaccount_reconcile(
         if not isinstance(decision, tokens.Keep):
             memo.written[ref] = tokens.Written.of(decision, now)
     new_status = status.serviceaccount_status(sa, decision, now, grants)
-    if status.needs_update(body.get("status"), new_status):
+    if status.needs_update(status.token_part(body.get("status")), new_status):
         patch.status.update(new_status)
         if status.grants_left_out(sa.status, new_status):
             kopf.warn(body, reason="GrantsTooLarge", message=grants.message())
@@ -138,6 +138,6 @@ def _report_failure(
     body: kopf.Body, patch: kopf.Patch, sa: sa_api.ServiceAccount, reason: str, message: str, now: datetime.datetime
 ) -> None:
     new_status = status.failed_status(sa, reason, message, now)
-    if status.needs_update(body.get("status"), new_status):  # warn once per change, not once per timer tick
+    if status.needs_update(status.token_part(body.get("status")), new_status):  # warn once per change, not per tick
         patch.status.update(new_status)
         kopf.warn(body, reason=reason, message=message)
