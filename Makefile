@@ -33,9 +33,15 @@ control-plane: $(STAMP) ## Build (once, cached) or find kube-apiserver, etcd, ku
 nginx: $(STAMP) ## Find or unpack (once, cached) Debian's nginx for the sidecar tests; print its path
 	$(BIN)/python -m tessera.envtest.nginx
 
+.PHONY: helm
+helm: $(STAMP) ## Find or build (once, cached) helm for the chart tests; print its path
+	$(BIN)/python -m tessera.envtest.helm
+
 .PHONY: crds
-crds: $(STAMP) ## Generate crds/ from the pydantic models
+crds: $(STAMP) ## Generate crds/ from the pydantic models and copy them into the chart
 	$(BIN)/tessera crds --out crds
+	rm -f charts/tessera/crds/iam.tessera.dev_*.yaml
+	cp crds/*.yaml charts/tessera/crds/
 
 .PHONY: verify
 verify: $(STAMP) ## Fail when generated files (crds/) differ from the models
@@ -53,7 +59,7 @@ test-unit: $(STAMP) ## Unit tests only (no control plane)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: $(STAMP) control-plane nginx ## Unit and integration tests against a real local kube-apiserver + etcd
+test: $(STAMP) control-plane nginx helm ## Unit and integration tests against a real local kube-apiserver + etcd
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 .PHONY: run

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +108,27 @@ class Operator:
 
 
 def start_operator(
-    cluster: Cluster, namespace: str, log_path: Path, extra_env: dict[str, str] | None = None
+    cluster: Cluster,
+    namespace: str,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    kubeconfig: Path | None = None,
+    args: Sequence[str] = (),
 ) -> Operator:
-    """``tessera operator`` in a subprocess, ready once its liveness endpoint answers."""
+    """``tessera operator`` in a subprocess, ready once its liveness endpoint answers. ``kubeconfig``
+    gives the operator another identity than the cluster's admin (readiness is still checked as admin);
+    ``args`` are more ``tessera operator`` options."""
     port = free_port()
     env = {
         **cluster.env(),
+        **({"KUBECONFIG": str(kubeconfig)} if kubeconfig is not None else {}),
         "TESSERA_NAMESPACE": namespace,
         "TESSERA_REFRESH_CHECK_SECONDS": "2",
         "TESSERA_CLOCK_LEEWAY_SECONDS": "5",
         **(extra_env or {}),
     }
     log = log_path.open("wb")
-    cmd = [sys.executable, "-m", "tessera.cli", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz"]
+    cmd = [sys.executable, "-m", "tessera.cli", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args]
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     operator = Operator(namespace, log_path, process)
 

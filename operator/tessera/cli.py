@@ -119,6 +119,13 @@ def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     kg.set_defaults(func=_keygen)
 
 
+def _peering_priority() -> str | None:
+    """TESSERA_PEERING_PRIORITY (argparse converts it like the flag), or None: the runner then picks one."""
+    import os
+
+    return os.environ.get("TESSERA_PEERING_PRIORITY") or None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tessera", description="Identity and access management for workloads on Kubernetes."
@@ -129,6 +136,13 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--watch-namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Kopf liveness endpoint ('' disables)")
     op.add_argument("--peering", default=None, help="Kopf peering object name for HA; default: standalone")
+    op.add_argument(
+        "--priority",
+        type=int,
+        default=_peering_priority(),
+        help="Kopf peering priority: the live replica with the highest acts, equal ones all pause; "
+        "env TESSERA_PEERING_PRIORITY; default: random with --peering, else 0",
+    )
     op.add_argument("--verbose", action="store_true", help="log each handler step")
     op.set_defaults(func=_operator)
     crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import secrets
 
 import kopf
 
@@ -25,6 +26,14 @@ class QuietTimers(logging.Filter):
         return not (record.levelno <= logging.INFO and routine)
 
 
+def priority(given: int | None, peering: str | None) -> int:
+    """The Kopf peering priority: as given, else random with peering (replicas of equal priority all
+    pause, so each needs its own), else 0."""
+    if given is not None:
+        return given
+    return secrets.randbelow(2**31 - 1) + 1 if peering else 0
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = core_settings.Settings.from_env()
     if args.namespace:
@@ -41,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         namespaces=args.watch_namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority(args.priority, args.peering),
         liveness_endpoint=args.liveness or None,
     )
     return 0

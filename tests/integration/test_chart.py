@@ -1,0 +1,315 @@
+"""The Helm chart on a real API server: lint and its schema, a server-side dry run of what it renders,
+then install, the operator run with exactly the chart's identity (a token of the chart's Kubernetes
+ServiceAccount) and the chart's arguments through the examples, forbidden actions refused, upgrades
+to two replicas (peering, PDB) and to watched namespaces, and an uninstall that leaves only what the
+README says stays.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import kubernetes
+import pytest
+import yaml
+
+from tessera.core import settings
+from tessera.envtest import helm
+from tests import waiting
+from tests.harness import EXAMPLES, ROOT, Cluster, Operator, client_for, start_operator, stop_operator
+from tests.resources import SA, SAK, apply, bundle, condition, reason_is, token_in, warnings
+
+CHART = ROOT / "charts" / "tessera"
+RELEASE, HOME = "tessera", "tessera-system"
+ISSUER = "https://tessera.example.com"
+EXAMPLE_FILES = ("00-namespace.yaml", "10-serviceaccount.yaml", "20-serviceaccountkey.yaml", "30-two-tenants.yaml")
+TENANTS = ("shop", "tenant-a", "tenant-b")  # the namespaces the examples make
+BILLING = "urn:tessera:serviceaccount:shop:billing"
+# Set on every install: the test's refresh and leeway (start_operator's), and a non-default issuer
+# that must reach the tokens.
+FAST = ("--set", f"issuer={ISSUER}", "--set", "refreshCheckSeconds=2", "--set", "clockLeewaySeconds=5")
+# What outlives `helm uninstall` on purpose (README, "Install with Helm"): (group, kind, namespace, name).
+KEPT = {
+    ("apiextensions.k8s.io", "CustomResourceDefinition", "", "clusterkopfpeerings.kopf.dev"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition", "", "kopfpeerings.kopf.dev"),
+    ("apiregistration.k8s.io", "APIService", "", "v1.kopf.dev"),  # the API server's own, for a CRD group
+    ("", "Namespace", "", HOME),
+    ("", "Secret", HOME, settings.ISSUER_KEYS_SECRET),
+    ("", "ConfigMap", HOME, settings.ISSUER_JWKS_CONFIGMAP),
+    ("", "ConfigMap", HOME, settings.REVOCATIONS_CONFIGMAP),
+}
+
+ObjectId = tuple[str, str, str, str]
+
+
+class Helm:
+    """The helm client against one cluster, with its own config and cache folders."""
+
+    def __init__(self, home: Path, cluster: Cluster | None = None) -> None:
+        self.binary = helm.ensure()
+        env = cluster.env() if cluster is not None else dict(os.environ)
+        self.env = {**env, **{f"HELM_{k}_HOME": str(home / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}}
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.binary), *args], env=self.env, capture_output=True, text=True, timeout=120, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    def manifest(self) -> list[dict[str, Any]]:
+        text = self("get", "manifest", RELEASE, "-n", HOME).stdout
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.fixture
+def helm_client(tmp_path: Path) -> Helm:
+    return Helm(tmp_path / "helm")
+
+
+BAD_VALUES = [
+    ("signingAlgorithm=HS256", "at '/signingAlgorithm': value must be one of 'ES256', 'EdDSA', 'RS256'"),
+    ("issuer=http://tessera.example.com", "at '/issuer': 'http://tessera.example.com' does not match pattern"),
+    ("replicas=0", "at '/replicas': minimum: got 0, want 1"),
+    ("maxTokenTTLSeconds=100000", "at '/maxTokenTTLSeconds': maximum: got 100,000, want 86,400"),
+    ("keyRotationHours=-1", "at '/keyRotationHours': minimum: got -1, want 0"),
+    ("bundleMaxBytes=0", "at '/bundleMaxBytes': minimum: got 0, want 1"),
+    ("image.tag=latest", "at '/image/tag': 'not' failed"),
+    ("watchNamespaces={Shop}", "at '/watchNamespaces/0': 'Shop' does not match pattern"),
+    ("signingAlgoritm=ES256", "additional properties 'signingAlgoritm' not allowed"),
+]
+
+
+def test_lint_passes(helm_client: Helm) -> None:
+    result = helm_client("lint", str(CHART), "--strict")
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_VALUES, ids=[v for v, _ in BAD_VALUES])
+def test_bad_values_fail_with_the_schema_message(helm_client: Helm, value: str, message: str) -> None:
+    linted = helm_client("lint", str(CHART), "--set", value, check=False)
+    assert linted.returncode != 0 and message in linted.stdout, linted.stdout
+    rendered = helm_client("template", RELEASE, str(CHART), "--set", value, check=False)  # what install runs
+    assert rendered.returncode != 0 and message in rendered.stderr, rendered.stderr
+
+
+def test_rendered_chart_passes_a_server_side_dry_run(private_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = private_cluster
+    run_helm = Helm(tmp_path / "helm", cluster)
+    cluster.kubectl("apply", "-f", str(CHART / "crds"))  # what `helm install` does first
+    for namespace in (HOME, *TENANTS):
+        cluster.kubectl("create", "namespace", namespace)
+    variants = [(), ("--set", "replicas=2"), ("--set", "replicas=2", "--set", "watchNamespaces={shop,tenant-a}")]
+    for extra in variants:
+        rendered = run_helm("template", RELEASE, str(CHART), "-n", HOME, *extra).stdout
+        applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered)
+        assert "deployment.apps/tessera created (server dry run)" in applied.stdout, applied.stdout
+
+
+# --- install, run, upgrade, uninstall ---------------------------------------------------------------
+
+
+def operator_identity(cluster: Cluster, folder: Path) -> Cluster:
+    """A cluster handle authenticated as the chart's Kubernetes ServiceAccount, with a token from the
+    TokenRequest API: what the operator Pod gets, so RBAC sees exactly the chart's subject."""
+    token = cluster.kubectl("create", "token", RELEASE, "-n", HOME, "--duration=1h").stdout.strip()
+    assert cluster.kubeconfig is not None
+    config = json.loads(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": RELEASE, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = RELEASE
+    path = folder / "operator.kubeconfig"
+    path.write_text(json.dumps(config))
+    api = client_for(path)
+    core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
+    return Cluster(path, cluster.kubectl_path, core, custom, api, garbage_collected=False)
+
+
+def deployment_in(manifest: list[dict[str, Any]]) -> dict[str, Any]:
+    [deployment] = [d for d in manifest if d["kind"] == "Deployment"]
+    return deployment
+
+
+def run_as_chart(
+    cluster: Cluster, identity: Cluster, manifest: list[dict[str, Any]], log: Path, **overrides: str
+) -> Operator:
+    """``tessera operator`` with the Deployment's arguments and environment (but ``overrides``), as the
+    chart's identity."""
+    [container] = deployment_in(manifest)["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["tessera"] and container["args"][0] == "operator"
+    args = [a for a in container["args"][1:] if not a.startswith("--liveness")]  # start_operator picks a port
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env["POD_ID"] = log.stem  # from the downward API in the Pod
+    env.update(overrides)
+    return start_operator(cluster, HOME, log, extra_env=env, kubeconfig=identity.kubeconfig, args=args)
+
+
+def assert_clean_log(operator: Operator) -> None:
+    text = operator.logs()
+    found = [line for line in text.splitlines() if re.search(r"forbidden|not enough permissions", line, re.I)]
+    assert not found, "\n".join(found[:20])
+
+
+def forbidden(identity: Cluster, *args: str) -> bool:
+    result = identity.kubectl(*args, check=False)
+    return result.returncode != 0 and "forbidden" in result.stderr.lower()
+
+
+def allowed(identity: Cluster, *args: str) -> bool:
+    return identity.kubectl(*args, check=False).returncode == 0
+
+
+def ready(cluster: Cluster, namespace: str, plural: str, name: str) -> bool:
+    return condition(cluster, namespace, plural, name).get("status") == "True"
+
+
+def snapshot(cluster: Cluster) -> set[ObjectId]:
+    """Every object the API server lists (events aside): (group, kind, namespace, name)."""
+    kinds = cluster.kubectl("api-resources", "--verbs=list", "-o", "name").stdout.split()
+    kinds = [k for k in kinds if k not in {"events", "events.events.k8s.io"}]
+    listed = json.loads(cluster.kubectl("get", ",".join(kinds), "-A", "-o", "json").stdout)
+    return {object_id(item) for item in listed["items"]}
+
+
+def object_id(obj: dict[str, Any]) -> ObjectId:
+    group = obj["apiVersion"].rpartition("/")[0]
+    return group, obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+def rules_of(manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rule for d in manifest if d["kind"] in {"ClusterRole", "Role"} for rule in d["rules"]]
+
+
+@pytest.fixture
+def operators() -> Iterator[list[Operator]]:
+    started: list[Operator] = []
+    yield started
+    for running in started:
+        if running.process.poll() is None:
+            stop_operator(running)
+
+
+def peers_in(cluster: Cluster, *where: str) -> dict[str, Any] | None:
+    """The replicas recorded in the release's peering object (``where``: kind and maybe -n namespace)."""
+    found: dict[str, Any] | None = json.loads(cluster.kubectl("get", *where, RELEASE, "-o", "json").stdout).get(
+        "status"
+    )
+    return found
+
+
+def the_examples_work(cluster: Cluster) -> None:
+    """examples/00, 10, 20, 30 applied as the README says; what the operator makes of them."""
+    cluster.kubectl("apply", *(arg for name in EXAMPLE_FILES for arg in ("-f", str(EXAMPLES / name))))
+    waiting.until(lambda: ready(cluster, "shop", SA, "billing"), what="billing Ready")
+    token = waiting.until(lambda: token_in(cluster, "shop", "billing-tessera-token"), what="billing's token")
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == ISSUER  # the chart's value arrived
+    for key in ("billing-generated", "billing-laptop"):
+        waiting.until(functools.partial(ready, cluster, "shop", SAK, key), what=f"key {key} Ready")
+    assert cluster.secret("shop", "billing-generated-tessera-key") is not None
+    for namespace, name in (("tenant-a", "billing-reads-invoices"), ("tenant-b", "billing-runs-ledger")):
+        bound = functools.partial(reason_is, cluster, namespace, "rolebindings", name, "Bound")
+        waiting.until(bound, what=f"{name} Bound")
+    for namespace in TENANTS:
+        waiting.until(functools.partial(bundle, cluster, namespace), what=f"the trust bundle in {namespace}")
+    waiting.until(lambda: BILLING in ((bundle(cluster, "tenant-a") or {}).get("grants") or {}), what="grants")
+    assert len((bundle(cluster, "shop") or {})["serviceAccountKeys"]["keys"]) == 2
+    # Bad input gets a Warning event; a namespace that opts out loses its bundle.
+    apply(cluster, "shop", SAK, "orphan", {"serviceAccountName": "nobody", "generate": {"algorithm": "ES256"}})
+    waiting.until(lambda: warnings(cluster, "shop", "ServiceAccountNotFound", "orphan"), what="a Warning event")
+    cluster.kubectl("label", "namespace", "tenant-b", f"{settings.TRUST_BUNDLE_LABEL}-")
+    waiting.until(lambda: bundle(cluster, "tenant-b") is None, what="the bundle removed from tenant-b")
+
+
+def cluster_wide_refusals(identity: Cluster) -> None:
+    """What the operator's identity must not do, even when it serves every namespace."""
+    assert forbidden(identity, "delete", "namespace", "shop", "--dry-run=server")
+    assert forbidden(identity, "create", "clusterrole", "x", "--verb=get", "--resource=pods", "--dry-run=server")
+    assert forbidden(identity, "get", "configmaps", "-n", "kube-system")  # ConfigMaps by name only
+    assert forbidden(identity, "delete", "secret", "billing-tessera-token", "-n", "shop", "--dry-run=server")
+    assert forbidden(identity, "create", "-f", str(EXAMPLES / "10-serviceaccount.yaml"), "--dry-run=server")
+    assert forbidden(identity, "get", "pods", "-A")
+
+
+def upgrade_to_two_replicas(cluster: Cluster, run_helm: Helm, identity: Cluster, log: Path) -> Operator:
+    """Two replicas (peering, PDB) and another rotation period; the operator as upgraded serves."""
+    run_helm("upgrade", RELEASE, str(CHART), "-n", HOME, *FAST, "--set", "replicas=2", "--set", "keyRotationHours=24")
+    deployment = json.loads(cluster.kubectl("get", "deployment", RELEASE, "-n", HOME, "-o", "json").stdout)
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TESSERA_KEY_ROTATION_HOURS", "value": "24"} in container["env"]
+    assert f"--peering={RELEASE}" in container["args"]
+    cluster.kubectl("get", "poddisruptionbudget", RELEASE, "-n", HOME)
+    running = run_as_chart(cluster, identity, run_helm.manifest(), log)
+    peers = waiting.until(lambda: peers_in(cluster, "clusterkopfpeering"), what="the replica in the peering object")
+    assert peers[log.stem]["priority"] > 0  # random, so two replicas never tie (Kopf pauses equal ones)
+    apply(cluster, "shop", SA, "after-upgrade", {})
+    waiting.until(lambda: ready(cluster, "shop", SA, "after-upgrade"), what="served after the upgrade")
+    apply(cluster, "shop", SA, "after-upgrade", {"disabled": True})
+    waiting.until(lambda: token_in(cluster, "shop", "after-upgrade-tessera-token") is None, what="token withdrawn")
+    return running
+
+
+def upgrade_to_watched_namespaces(cluster: Cluster, run_helm: Helm, identity: Cluster, log: Path) -> Operator:
+    """Only the examples' namespaces (and the release's): Secrets there only; the operator serves them."""
+    watched = ("--set", "replicas=2", "--set", "watchNamespaces={shop,tenant-a,tenant-b}")
+    run_helm("upgrade", RELEASE, str(CHART), "-n", HOME, *FAST, *watched)
+    manifest = run_helm.manifest()
+    assert {d["metadata"].get("namespace") for d in manifest if d["kind"] == "KopfPeering"} == {HOME, *TENANTS}
+    assert "NotFound" in cluster.kubectl("get", "clusterkopfpeering", RELEASE, check=False).stderr
+    assert forbidden(identity, "get", "secrets", "-n", "kube-system")
+    assert forbidden(identity, "get", "secrets", "-n", "default")
+    assert allowed(identity, "get", "secrets", "-n", "shop")
+    # A rotation period of one second makes the key rotation due at once: it replaces the key Secret.
+    running = run_as_chart(cluster, identity, manifest, log, TESSERA_KEY_ROTATION_HOURS=str(1 / 3600))
+    waiting.until(lambda: "Rotated the issuer keys" in running.logs(), what="a key rotation")
+    waiting.until(lambda: peers_in(cluster, "kopfpeering", "-n", "shop"), what="the replica in shop's peering object")
+    apply(cluster, "tenant-a", SA, "restricted", {})
+    waiting.until(lambda: ready(cluster, "tenant-a", SA, "restricted"), what="served in a watched namespace")
+    return running
+
+
+def delete_tessera_resources(cluster: Cluster) -> None:
+    """As the README says, before uninstalling: while the operator runs (the account finalizer)."""
+    kinds = ",".join(f"{k}.iam.tessera.dev" for k in ("rolebindings", "roles", "serviceaccountkeys", "serviceaccounts"))
+    cluster.kubectl("delete", kinds, "--all", "-A", "--wait=false")
+    waiting.until(
+        lambda: not cluster.kubectl("get", "serviceaccounts.iam.tessera.dev", "-A", "-o", "name").stdout.strip(),
+        what="the accounts gone (their finalizer removed by the operator)",
+    )
+
+
+def test_install_run_upgrade_uninstall(private_cluster: Cluster, tmp_path: Path, operators: list[Operator]) -> None:
+    cluster, run_helm = private_cluster, Helm(tmp_path / "helm", private_cluster)
+    before = snapshot(cluster)
+    run_helm("install", RELEASE, str(CHART), "-n", HOME, "--create-namespace", *FAST)
+    installed = run_helm.manifest()
+    assert not [r for r in rules_of(installed) if "*" in str(r)], "a wildcard in the chart's RBAC"
+    made = {object_id(d) for d in installed}
+    identity = operator_identity(cluster, tmp_path)
+
+    operators.append(run_as_chart(cluster, identity, installed, tmp_path / "standalone.log"))
+    the_examples_work(cluster)
+    cluster_wide_refusals(identity)
+    for upgrade in (upgrade_to_two_replicas, upgrade_to_watched_namespaces):
+        assert_clean_log(operators[-1])
+        stop_operator(operators[-1])
+        operators.append(upgrade(cluster, run_helm, identity, tmp_path / f"{upgrade.__name__}.log"))
+        made |= {object_id(d) for d in run_helm.manifest()}
+    delete_tessera_resources(cluster)
+    assert_clean_log(operators[-1])
+    stop_operator(operators[-1])
+    run_helm("uninstall", RELEASE, "-n", HOME)
+
+    after = snapshot(cluster)
+    assert not made & after, f"left by the chart: {sorted(made & after)}"
+    examples = set(TENANTS)  # what the examples made there is the user's, not the chart's
+    stray = {o for o in after - before if o[2] not in examples and not (o[1] == "Namespace" and o[3] in examples)}
+    assert stray == KEPT, f"unexpected: {sorted(stray - KEPT)}; missing: {sorted(KEPT - stray)}"
