@@ -163,3 +163,43 @@ def test_a_bundle_over_the_limit_is_not_written_and_the_namespace_is_warned(
         cluster.kubectl("delete", "-n", apps, f"serviceaccountkeys.iam.tessera.dev/rsa-{i}")
     back = {cluster.custom_object(apps, SAK, f"rsa-{i}")["status"]["keyId"] for i in (1, 2)}
     waiting.until(lambda: bundle_kids(cluster, apps, "serviceAccountKeys") == back, what="written again once it fits")
+
+
+def test_two_peered_replicas_never_act_at_once(
+    private_cluster: Cluster, operators: list[Operator], tmp_path: Path
+) -> None:
+    """Kopf peering with real operator processes: a replica that acted is paused when one of higher
+    priority arrives, and its own background tasks pause with Kopf's handlers (no bundle written
+    while paused); when the other goes, it does not resume from its stale view but exits, to be
+    started afresh."""
+    cluster = private_cluster
+    home = create_namespace(cluster, "tessera-system")
+    cluster.kubectl("apply", "-f", str(Path(__file__).parents[2] / "charts/tessera/crds/kopf.dev_peerings.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tessera"}}
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
+    first = start_operator(cluster, home, tmp_path / "first.log", args=("--peering", "tessera", "--priority", "10"))
+    operators.append(first)
+    apps = create_namespace(cluster, "apps")
+    cluster.core.patch_namespace(apps, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
+    apply(cluster, apps, SA, "svc", {})
+    waiting.until(lambda: reason_is(cluster, apps, SA, "svc", "TokenIssued"), what="the first replica acting")
+    waiting.until(lambda: bundle(cluster, apps), what="its bundle")
+
+    second = start_operator(cluster, home, tmp_path / "second.log", args=("--peering", "tessera", "--priority", "100"))
+    operators.append(second)
+    waiting.until(lambda: "the background tasks stop writing" in first.logs(), what="the first replica pausing")
+    paused_at = len(first.logs())
+    apply(cluster, apps, SA, "svc", {"disabled": True})
+    subject = f"urn:tessera:serviceaccount:{apps}:svc"
+    waiting.until(
+        lambda: any(r["sub"] == subject for r in (bundle(cluster, apps) or {}).get("revocations", [])),
+        what="the second replica publishing the revocation",
+    )
+    assert "Revoked the tokens" in second.logs()
+    after_pause = first.logs()[paused_at:]
+    assert "Updated the trust bundle" not in after_pause and f"[{apps}/svc]" not in after_pause, after_pause
+
+    stop_operator(second)
+    waiting.until(lambda: first.process.poll() is not None, timeout=60, what="the first replica exiting to restart")
+    assert first.process.returncode == 0 and "Resuming after a pause: restarting" in first.logs()

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
+import signal
 from typing import Any
 
 import kopf
@@ -23,7 +25,7 @@ from tessera.api import serviceaccountkey as sak_api
 from tessera.core import secrets
 from tessera.core import settings as core_settings
 from tessera.kube import client, issuerkeys
-from tessera.operator import accountkeys, publisher, rolebindings, rotation, serviceaccounts, state
+from tessera.operator import accountkeys, kopffixes, publisher, rolebindings, rotation, serviceaccounts, state
 
 MANAGED = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE}"
 INDEXES = ("serviceaccountkeys_index", "serviceaccounts_index", "trust_bundle_namespaces_index")
@@ -41,6 +43,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     memo.kube = client.connect()
     memo.locks, memo.written = {}, {}
     memo.hub, memo.issuer_keys, memo.grants = state.Hub(), state.Keys(), rolebindings.Grants()
+    memo.activity = state.Activity(kopffixes.paused_set())
     await rotation.adopt(memo, await issuerkeys.load_or_create(memo.kube, cfg, datetime.datetime.now(datetime.UTC)))
     memo.revocations = await state.RevocationStore.load(memo.kube, cfg, memo.hub)
     logger.info(
@@ -52,6 +55,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     memo.tasks = [
         asyncio.create_task(publisher.publish_forever(memo, {name: kw[name] for name in INDEXES})),
         asyncio.create_task(rotation.rotate_forever(memo)),
+        asyncio.create_task(
+            memo.activity.watch(logger, memo.hub.indexed.is_set, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        ),
     ]
 
 

@@ -12,13 +12,17 @@ make or drop that leaves it unchanged need not wake anyone. :class:`FlipNotifyin
 waiters only when it flips; the waiters' own predicate is unchanged, so a spurious or missed
 intermediate wake-up cannot change what they decide. Individual toggles still notify on their own.
 The fix is applied only to the Kopf versions it was checked against.
+
+The same class also remembers Kopf's "operator paused" set (the one built with ``any``), which is on
+while Kopf peering has paused this replica: :func:`paused_set` lets the operator's own background
+tasks pause with Kopf's handlers (Kopf offers no public way to ask).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kopf._cogs.aiokits import aiotoggles
 
@@ -26,7 +30,15 @@ logger = logging.getLogger("tessera.operator")
 CHECKED_VERSIONS = ("1.45.",)
 
 
+_PAUSE_SETS: list[aiotoggles.ToggleSet] = []
+
+
 class FlipNotifyingToggleSet(aiotoggles.ToggleSet):
+    def __init__(self, fn: Callable[[Iterable[bool]], bool]) -> None:
+        super().__init__(fn)
+        if fn is any:  # Kopf builds exactly one: operator_paused
+            _PAUSE_SETS.append(self)
+
     async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
         toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
         async with self._condition:
@@ -55,3 +67,8 @@ def apply(version: str | None = None) -> bool:
         return False
     aiotoggles.ToggleSet = FlipNotifyingToggleSet  # type: ignore[misc]
     return True
+
+
+def paused_set() -> aiotoggles.ToggleSet | None:
+    """Kopf's "operator paused" toggle set of the running operator, if the fix is installed."""
+    return _PAUSE_SETS[-1] if _PAUSE_SETS else None

@@ -127,6 +127,7 @@ async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]
     publisher = Publisher(memo.kube, memo.cfg)
 
     async def publish() -> float:
+        await memo.activity.wait_active()  # a replica paused by peering writes nothing
         now = _utcnow()
         await memo.revocations.prune(now)
         current = inputs(memo, indexes)

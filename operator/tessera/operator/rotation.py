@@ -54,6 +54,7 @@ async def rotate_forever(memo: Any) -> None:
     cfg: settings.Settings = memo.cfg
 
     async def rotate() -> float:
+        await memo.activity.wait_active()  # a replica paused by peering writes nothing
         rotated = await issuerkeys.rotate(memo.kube, cfg, _utcnow())
         if rotated is not None:
             logger.info("Rotated the issuer keys; now %s", [k.kid for k in rotated])

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tessera import errors
 from tessera.core import issuer, revocations, secrets, settings, tokens
@@ -119,3 +120,42 @@ class RevocationStore:
         await objects.ensure_configmap(self._kube, secrets.build_revocations_configmap(new, self._cfg))
         self.current = new
         self._hub.touch()
+
+
+class Activity:
+    """Whether this replica may act: Kopf peering pauses its handlers, and this pauses the operator's
+    own background tasks with them (publisher, rotation), so a standby never writes from a view that
+    stopped updating.
+
+    A replica that was active, was paused, and would resume exits instead (SIGTERM to itself, a
+    normal shutdown; its Deployment starts it again): after a pause its indexes may still hold
+    objects deleted meanwhile, and a fresh start lists everything again."""
+
+    def __init__(self, paused: Any | None) -> None:
+        self._paused = paused  # Kopf's ToggleSet; None when unknown (then always active)
+
+    def active(self) -> bool:
+        return self._paused is None or not self._paused.is_on()
+
+    async def wait_active(self) -> None:
+        if self._paused is not None:
+            await self._paused.wait_for(False)
+
+    async def watch(
+        self, logger: logging.Logger, working: Callable[[], bool], exit_process: Callable[[], None]
+    ) -> None:
+        """Exit on the first resume after a pause that came once the operator was ``working`` (its
+        handlers had run); pauses before that (Kopf pauses briefly at start while peering settles)
+        only gate the background tasks."""
+        if self._paused is None:
+            return
+        while True:
+            await self._paused.wait_for(True)
+            had_state = working()
+            logger.warning("Paused by Kopf peering: the background tasks stop writing while another replica acts")
+            await self._paused.wait_for(False)
+            if had_state:
+                logger.warning("Resuming after a pause: restarting, so nothing is written from state older than it")
+                exit_process()
+                return
+            logger.info("Resuming after a pause that came before any handler ran")
