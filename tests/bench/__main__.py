@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -243,8 +244,9 @@ class BundleWrites:
         self._thread.start()
 
     def _count(self, events: Iterator[dict[str, Any]]) -> None:
-        for _ in events:
-            self.writes += 1
+        with contextlib.suppress(Exception):  # the stream ends with an error when stopped
+            for _ in events:
+                self.writes += 1
 
     def stop(self) -> int:
         self._watch.stop()
