@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,16 +152,45 @@ def _published(cluster: Cluster, namespace: str) -> bool:
     return bool(items)
 
 
-def stop_operator(operator: Operator) -> None:
-    operator.process.terminate()
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
     try:
-        operator.process.wait(timeout=20)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        operator.process.kill()
-        operator.process.wait()
+        process.kill()
+        process.wait()
+
+
+def stop_operator(operator: Operator) -> None:
+    stop_process(operator.process)
 
 
 def create_namespace(cluster: Cluster, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
     return name
+
+
+@contextlib.contextmanager
+def local_cluster(folder: Path, pool: int | None = None) -> Iterator[Cluster]:
+    """A control plane of its own in ``folder`` with the CRDs installed (for benchmarks)."""
+    from tessera.envtest import assets, controlplane
+
+    with controlplane.ControlPlane(assets.ensure(), directory=folder) as plane:
+        info = plane.start()
+        api = client_for(info.kubeconfig)
+        if pool is not None:
+            api.configuration.connection_pool_maxsize = pool
+        cluster = Cluster(
+            info.kubeconfig,
+            str(info.kubectl),
+            kubernetes.client.CoreV1Api(api),
+            kubernetes.client.CustomObjectsApi(api),
+            api,
+        )
+        cluster.kubectl("apply", "-f", str(CRDS))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+        yield cluster

@@ -17,7 +17,7 @@ import yaml
 
 from tessera.envtest import nginx
 from tests import waiting
-from tests.harness import free_port
+from tests.harness import free_port, stop_process
 from tests.sidecar_kit import AUDIENCE, NAMESPACE, RULES
 
 
@@ -31,13 +31,7 @@ class Process:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
 
 @dataclasses.dataclass

@@ -38,7 +38,6 @@ from tessera.api import meta
 from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
-from tessera.envtest import assets, controlplane
 from tests import harness, resources, waiting
 from tests.bench import grants_scale, sidecar
 
@@ -286,21 +285,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
 
 
 def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        controlplane.ControlPlane(assets.ensure(), directory=Path(tmp) / "cp") as plane,
-    ):
-        info = plane.start()
-        api = harness.client_for(info.kubeconfig)
-        cluster = harness.Cluster(
-            info.kubeconfig,
-            str(info.kubectl),
-            kubernetes.client.CoreV1Api(api),
-            kubernetes.client.CustomObjectsApi(api),
-            api,
-        )
-        cluster.kubectl("apply", "-f", str(harness.CRDS))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(harness.CRDS))
+    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp") as cluster:
         system = harness.create_namespace(cluster, "tessera-system")
         operator = harness.start_operator(
             cluster, system, Path(tmp) / "operator.log", extra_env={"TESSERA_REFRESH_CHECK_SECONDS": "30"}

@@ -35,7 +35,6 @@ import kubernetes
 from tessera.api import meta
 from tessera.core import assignments, grants, settings
 from tessera.core.assignments import BindingFacts, Principal, RoleFacts
-from tessera.envtest import assets, controlplane
 from tests import harness, waiting
 
 ISSUER = "https://login.example.com"
@@ -386,22 +385,7 @@ def grants_bench(bindings: int, principals: int, namespaces: int, changes: int) 
         "members_per_binding": MEMBERS_PER_BINDING,
         "pure": pure_figures(plan(bindings, principals, namespaces), chosen),
     }
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        controlplane.ControlPlane(assets.ensure(), directory=Path(tmp) / "cp") as plane,
-    ):
-        info = plane.start()
-        api = harness.client_for(info.kubeconfig)
-        api.configuration.connection_pool_maxsize = 16
-        cluster = harness.Cluster(
-            info.kubeconfig,
-            str(info.kubectl),
-            kubernetes.client.CoreV1Api(api),
-            kubernetes.client.CustomObjectsApi(api),
-            api,
-        )
-        cluster.kubectl("apply", "-f", str(harness.CRDS))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(harness.CRDS))
+    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=16) as cluster:
         system = harness.create_namespace(cluster, "tessera-system")
         results["create_objects_s"] = create_all(cluster, model)
         writes = Writes(cluster)
