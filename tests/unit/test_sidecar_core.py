@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tessera.core import accountkeys, bundles, issuer, revocations
 from tessera.crypto import keys
@@ -105,6 +107,8 @@ def test_a_kid_published_twice_is_trusted_for_neither() -> None:
         ("/a%zzb", None),
         ("/a%", None),
         ("/caf%E9", None),  # not UTF-8
+        ("/café", None),  # not percent-encoded
+        ("/H\udca4\udcdcT", None),  # undecodable bytes, as aiohttp hands them over (found by the HTTP fuzz)
     ],
 )
 def test_canonical_paths(target: str, path: str | None) -> None:
@@ -237,3 +241,10 @@ def test_the_example_workload_is_consistent_with_the_sidecar() -> None:
     needed = {r.permission for r in ruleset if r.permission}
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert needed <= set(role["spec"]["permissions"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=8))
+def test_matching_any_text_never_raises(target: str, method: str) -> None:
+    found = rules.match(rules.parse(RULES), method, target)
+    assert found.reason in ("matched", "no_rule", "path_not_canonical", "ambiguous_case")

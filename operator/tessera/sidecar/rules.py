@@ -134,7 +134,9 @@ def load(path: Path) -> tuple[Rule, ...]:
 def canonical_path(target: str) -> str | None:
     """The decoded path of a request target (query dropped), or None when it is not canonical."""
     raw = target.split("?", 1)[0].split("#", 1)[0]
-    if not raw.startswith("/") or _ESCAPE.search(raw):
+    # A request target is ASCII (RFC 3986: anything else is percent-encoded); servers decode other
+    # bytes as they like (aiohttp keeps them as surrogates), so they are not guessed at either.
+    if not raw.isascii() or not raw.startswith("/") or _ESCAPE.search(raw):
         return None
     lowered = raw.lower()
     if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
