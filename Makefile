@@ -44,8 +44,8 @@ crds: $(STAMP) ## Generate crds/ from the pydantic models and copy them into the
 	cp crds/*.yaml charts/tessera/crds/
 
 .PHONY: verify
-verify: $(STAMP) ## Fail when generated files (crds/) differ from the models
-	$(BIN)/pytest -q tests/unit/test_crds.py
+verify: $(STAMP) ## Fail when generated files (crds/, the chart's copies) differ from the models
+	$(BIN)/pytest -q tests/unit/test_crds.py tests/unit/test_chart_files.py
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict, import layering
