@@ -281,6 +281,7 @@ class Seen:
 
     def __init__(self, stream: Iterator[Any], check: Callable[[Any], bool], watch: kubernetes.watch.Watch) -> None:
         self.at: float | None = None
+        self.connected = threading.Event()  # set by the first event: the object's state when the watch began
         self._watch = watch
         self._thread = threading.Thread(target=self._run, args=(stream, check), daemon=True)
         self._thread.start()
@@ -288,6 +289,7 @@ class Seen:
     def _run(self, stream: Iterator[Any], check: Callable[[Any], bool]) -> None:
         with contextlib.suppress(Exception):
             for event in stream:
+                self.connected.set()
                 if check(event["object"]):
                     self.at = time.monotonic()
                     return
@@ -322,7 +324,8 @@ def measure_changes(
     for (ns, name), principal in changes:
         role, members = model.bindings[(ns, name)]
         account, bundle = watch_account(cluster, principal, f"{ns}/{name}"), watch_bundle(cluster, ns, principal)
-        time.sleep(0.05)  # let both watches connect: they see the object's current state first, then changes
+        for seen in (account, bundle):  # a watch without a resourceVersion starts with the current state
+            waiting.until(seen.connected.is_set, timeout=30, interval=0.002, what="the watch connected")
         spec = {"spec": {"members": [principal_member(m) for m in [*members, principal]]}}
         started = time.monotonic()
         cluster.custom.patch_namespaced_custom_object(meta.GROUP, meta.VERSION, ns, "rolebindings", name, spec)
