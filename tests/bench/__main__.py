@@ -19,50 +19,26 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jwt
 import kubernetes
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
 from tessera.api import meta
 from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
-from tests.bench import grants_scale, sidecar
+from tests.bench import common, grants_scale, sidecar
 
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-def rate(fn: Callable[[], object], count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        fn()
-    return count / (time.perf_counter() - started)
-
-
-def raw_verifier(public: keys.PublicKey, signing_input: bytes, signature: bytes) -> Callable[[], None]:
-    """The cheapest correct signature check ``cryptography`` offers for the key type: the limit."""
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        half = len(signature) // 2
-        der = utils.encode_dss_signature(
-            int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
-        )
-        return lambda: public.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        return lambda: public.verify(signature, signing_input)
-    assert isinstance(public, rsa.RSAPublicKey)
-    return lambda: public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
 
 
 def crypto_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
@@ -70,15 +46,15 @@ def crypto_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
     claims = {"iss": "https://bench", "sub": "urn:tessera:serviceaccount:a:b", "aud": "x", "exp": 2**31, "iat": 0}
     token = crypto_tokens.sign(claims, key.private_key, key.kid)
     head, body, sig = token.split(".")
-    raw = raw_verifier(key.public_key, f"{head}.{body}".encode(), keys.b64url_decode(sig))
+    raw = common.raw_verifier(key.public_key, f"{head}.{body}".encode(), keys.b64url_decode(sig))
 
     def decode() -> object:
         return jwt.decode(token, key.public_key, algorithms=[algorithm], audience="x")
 
     figures = {
-        "sign_per_s": rate(lambda: crypto_tokens.sign(claims, key.private_key, key.kid), count),
-        "raw_verify_per_s": rate(raw, count),
-        "pyjwt_decode_per_s": rate(decode, count),
+        "sign_per_s": common.rate(lambda: crypto_tokens.sign(claims, key.private_key, key.kid), count),
+        "raw_verify_per_s": common.rate(raw, count),
+        "pyjwt_decode_per_s": common.rate(decode, count),
         "token_bytes": float(len(token)),
     }
     figures["pyjwt_over_raw"] = figures["pyjwt_decode_per_s"] / figures["raw_verify_per_s"]
@@ -87,17 +63,6 @@ def crypto_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
 
 def crypto_bench(count: int) -> dict[str, Any]:
     return {algorithm: crypto_figures(algorithm, count) for algorithm in keys.ALGORITHMS}
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return {
-        "n": len(ordered),
-        "p50_ms": pick(0.5) * 1000,
-        "p99_ms": pick(0.99) * 1000,
-        "mean_ms": statistics.fmean(ordered) * 1000,
-    }
 
 
 class ReadyWatcher:
@@ -150,41 +115,6 @@ def create_sa(cluster: harness.Cluster, namespace: str, name: str) -> None:
     )
 
 
-def configmap_events(
-    cluster: harness.Cluster,
-    namespace: str,
-    name: str,
-    timeout: int | None,
-    watch: kubernetes.watch.Watch | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Events of one ConfigMap from now on (a watch from the current resourceVersion; no timeout: until stopped)."""
-    rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace))["metadata"]["resourceVersion"]
-    limit = {"timeout_seconds": timeout} if timeout is not None else {}
-    events: Iterator[dict[str, Any]] = (watch or kubernetes.watch.Watch()).stream(
-        cluster.core.list_namespaced_config_map,
-        namespace,
-        resource_version=rv,
-        field_selector=f"metadata.name={name}",
-        **limit,
-    )
-    return events
-
-
-def baseline_watch_latency(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
-    """create ConfigMap -> its ADDED event on a watch: the API server's own round trip."""
-    samples = []
-    for i in range(count):
-        stream = configmap_events(cluster, namespace, f"baseline-{i}", timeout=10)
-        started = time.monotonic()
-        body = kubernetes.client.V1ConfigMap(
-            metadata=kubernetes.client.V1ObjectMeta(name=f"baseline-{i}"), data={"k": "v"}
-        )
-        cluster.core.create_namespaced_config_map(namespace, body)
-        next(stream)
-        samples.append(time.monotonic() - started)
-    return percentiles(samples)
-
-
 def sequential_ready(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
     watcher = ReadyWatcher(cluster, namespace)
     samples = []
@@ -199,11 +129,7 @@ def sequential_ready(cluster: harness.Cluster, namespace: str, count: int) -> di
             samples.append(done - started)
     finally:
         watcher.stop()
-    return percentiles(samples)
-
-
-def opt_in(cluster: harness.Cluster, namespace: str) -> None:
-    cluster.core.patch_namespace(namespace, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
+    return common.percentiles(samples)
 
 
 def revoked_subjects(bundle_json: str) -> set[str]:
@@ -220,7 +146,7 @@ def revocation_latency(cluster: harness.Cluster, namespace: str, count: int) -> 
             create_sa(cluster, namespace, name)
             waiting.until(functools.partial(watcher.ready_at, name), timeout=60, interval=0.01, what=f"{name} Ready")
             subject = f"urn:tessera:serviceaccount:{namespace}:{name}"
-            stream = configmap_events(cluster, namespace, settings.TRUST_BUNDLE_CONFIGMAP, timeout=30)
+            stream = common.configmap_events(cluster, namespace, settings.TRUST_BUNDLE_CONFIGMAP, timeout=30)
             started = time.monotonic()
             cluster.custom.patch_namespaced_custom_object(
                 meta.GROUP, meta.VERSION, namespace, "serviceaccounts", name, {"spec": {"disabled": True}}
@@ -229,7 +155,7 @@ def revocation_latency(cluster: harness.Cluster, namespace: str, count: int) -> 
             samples.append(time.monotonic() - started)
     finally:
         watcher.stop()
-    return percentiles(samples)
+    return common.percentiles(samples)
 
 
 class BundleWrites:
@@ -238,7 +164,7 @@ class BundleWrites:
     def __init__(self, cluster: harness.Cluster, namespace: str) -> None:
         self.writes = 0
         self._watch = kubernetes.watch.Watch()
-        events = configmap_events(cluster, namespace, settings.TRUST_BUNDLE_CONFIGMAP, None, self._watch)
+        events = common.configmap_events(cluster, namespace, settings.TRUST_BUNDLE_CONFIGMAP, None, self._watch)
         self._thread = threading.Thread(target=self._count, args=(events,), daemon=True)
         self._thread.start()
 
@@ -252,18 +178,12 @@ class BundleWrites:
         return self.writes
 
 
-def rss_kib(pid: int) -> dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_kib": int(fields["VmRSS"].split()[0]), "peak_rss_kib": int(fields["VmHWM"].split()[0])}
-
-
 def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_pid: int) -> dict[str, Any]:
-    opt_in(cluster, namespace)
+    resources.opt_in(cluster, namespace)
     waiting.until(lambda: resources.bundle(cluster, namespace), what="a trust bundle")
     writes = BundleWrites(cluster, namespace)
     watcher = ReadyWatcher(cluster, namespace)
-    idle = rss_kib(operator_pid)
+    idle = common.memory_kib(operator_pid)
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -279,7 +199,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
         "all_ready_s": total,
         "ready_per_s": count / total,
         "operator_idle": idle,
-        "operator_after": rss_kib(operator_pid),
+        "operator_after": common.memory_kib(operator_pid),
         "bundle_writes_during_burst": writes.stop(),
     }
 
@@ -292,14 +212,14 @@ def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
         )
         try:
             results = {
-                "baseline_configmap_create_to_watch": baseline_watch_latency(
+                "baseline_configmap_create_to_watch": common.baseline_watch_latency(
                     cluster, harness.create_namespace(cluster, "base"), sequential
                 ),
                 "apply_to_ready": sequential_ready(cluster, harness.create_namespace(cluster, "seq"), sequential),
                 "burst": burst_ready(cluster, harness.create_namespace(cluster, "burst"), burst, operator.process.pid),
             }
             revoking = harness.create_namespace(cluster, "revoke")
-            opt_in(cluster, revoking)
+            resources.opt_in(cluster, revoking)
             results["disable_to_revocation_in_bundle"] = revocation_latency(cluster, revoking, min(sequential, 20))
             results["revocation_over_baseline_p50"] = (
                 results["disable_to_revocation_in_bundle"]["p50_ms"]

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import random
 import re
-import statistics
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from tessera.api import meta
 from tessera.core import assignments, grants, settings
 from tessera.core.assignments import BindingFacts, Principal, RoleFacts
 from tests import harness, waiting
+from tests.bench import common
 
 ISSUER = "https://login.example.com"
 MEMBERS_PER_BINDING = 3
@@ -205,11 +205,6 @@ class Writes:
             watch.stop()
 
 
-def rss_kib(pid: int) -> int:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0])
-
-
 SYNC_LINE = re.compile(
     r"Start-up sync done in ([0-9.]+)s: compared (\d+) RoleBinding and (\d+) account statuses, wrote (\d+)"
 )
@@ -240,18 +235,7 @@ def start_and_sync(
         "statuses_written_by_sync": int(synced.group(4)),
         "process_start_to_last_write_s": None if (last := writes.last_since(mark)) is None else last - started,
         "api_writes_until_quiet": writes.since(mark),
-        "operator_rss_kib": rss_kib(operator.process.pid),
-    }
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    pick: Callable[[float], float] = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return {
-        "n": len(ordered),
-        "p50_ms": pick(0.5) * 1000,
-        "p99_ms": pick(0.99) * 1000,
-        "mean_ms": statistics.fmean(ordered) * 1000,
+        "operator_rss_kib": common.rss_kib(operator.process.pid),
     }
 
 
@@ -353,26 +337,7 @@ def pure_figures(model: Model, changes: list[tuple[tuple[str, str], Principal]])
         started = time.perf_counter()
         engine.set_binding((ns, name), BindingFacts(facts.role, (*facts.members, principal)))
         steps.append(time.perf_counter() - started)
-    return {"compute_from_scratch_s": compute_s, "engine_build_s": build_s, "engine_step": percentiles(steps)}
-
-
-def baseline_latency(cluster: harness.Cluster, namespace: str, count: int) -> dict[str, float]:
-    samples = []
-    for i in range(count):
-        watch = kubernetes.watch.Watch()
-        rv = cluster.to_dict(cluster.core.list_namespaced_config_map(namespace, limit=1))["metadata"]["resourceVersion"]
-        stream = watch.stream(
-            cluster.core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=10
-        )
-        started = time.monotonic()
-        cm = kubernetes.client.V1ConfigMap(
-            metadata=kubernetes.client.V1ObjectMeta(name=f"baseline-{i}"), data={"k": "v"}
-        )
-        cluster.core.create_namespaced_config_map(namespace, cm)
-        next(e for e in stream if e["object"].metadata.name == f"baseline-{i}")
-        samples.append(time.monotonic() - started)
-        watch.stop()
-    return percentiles(samples)
+    return {"compute_from_scratch_s": compute_s, "engine_build_s": build_s, "engine_step": common.percentiles(steps)}
 
 
 def grants_bench(bindings: int, principals: int, namespaces: int, changes: int) -> dict[str, Any]:
@@ -394,14 +359,14 @@ def grants_bench(bindings: int, principals: int, namespaces: int, changes: int) 
         writes = Writes(cluster)
         operator, results["cold_start"] = start_and_sync(cluster, system, Path(tmp) / "cold.log", writes, timeout=1800)
         try:
-            results["baseline_configmap_create_to_watch"] = baseline_latency(cluster, system, 30)
+            results["baseline_configmap_create_to_watch"] = common.baseline_watch_latency(cluster, system, 30)
             mark = writes.mark()
-            results["binding_change_to_status_and_bundle"] = percentiles(measure_changes(cluster, model, chosen))
+            results["binding_change_to_status_and_bundle"] = common.percentiles(measure_changes(cluster, model, chosen))
             waiting.until(lambda: writes.quiet_for(REFRESH_CHECK_SECONDS + 5), timeout=300, interval=0.5, what="quiet")
             caused = writes.since(mark)
             caused["rolebindings"] -= changes  # the changes themselves
             results["api_writes_per_change"] = {kind: n / changes for kind, n in caused.items()}
-            results["operator_rss_kib_after_changes"] = rss_kib(operator.process.pid)
+            results["operator_rss_kib_after_changes"] = common.rss_kib(operator.process.pid)
         finally:
             harness.stop_operator(operator)
         operator, results["restart"] = start_and_sync(cluster, system, Path(tmp) / "warm.log", writes, timeout=600)

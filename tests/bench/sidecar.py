@@ -27,29 +27,21 @@ from aiohttp import ClientSession, TCPConnector
 from tessera.crypto import keys
 from tessera.sidecar import trust, verify
 from tests import waiting
+from tests.bench import common
 from tests.harness import free_port
-from tests.sidecar_harness import start_sidecar, write_rules
-from tests.sidecar_kit import AUDIENCE, NAMESPACE, Kit, write_bundle_dir
-
-
-def rate(fn: Callable[[], object], count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        fn()
-    return count / (time.perf_counter() - started)
+from tests.sidecar_harness import answering, start_sidecar, write_rules
+from tests.sidecar_kit import AUDIENCE, Kit, write_bundle_dir
 
 
 def raw_check(kit: Kit, token: str) -> Callable[[], None]:
-    from tests.bench.__main__ import raw_verifier
-
     head, body, sig = token.split(".")
     signature = keys.b64url_decode(sig)
-    return raw_verifier(kit.issuer_key.public_key(), f"{head}.{body}".encode(), signature)
+    return common.raw_verifier(kit.issuer_key.public_key(), f"{head}.{body}".encode(), signature)
 
 
 def verify_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
     kit = Kit.make(algorithm)
-    policy = verify.Policy(frozenset({AUDIENCE}), NAMESPACE, max_token_bytes=16384)
+    policy = verify.Policy(frozenset({AUDIENCE}), max_token_bytes=16384)
     bundle = trust.parse(kit.bundle_text())
     now = float(kit.now)
     fresh = [kit.issued(jti=f"j-{i}") for i in range(count)]
@@ -65,17 +57,17 @@ def verify_figures(algorithm: keys.Algorithm, count: int) -> dict[str, float]:
             options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
         )
 
-    raw = rate(raw_check(kit, token), count)
+    raw = common.rate(raw_check(kit, token), count)
     new_verifier = verify.Verifier(bundle, policy, cache_limit=count + 1)
     tokens = iter(fresh)
-    new = rate(lambda: new_verifier.authenticate(next(tokens), now), count)
+    new = common.rate(lambda: new_verifier.authenticate(next(tokens), now), count)
     assert new_verifier.misses == count and new_verifier.hits == 0
     repeated_verifier = verify.Verifier(bundle, policy)
     assert isinstance(repeated_verifier.authenticate(token, now), verify.Identity)
-    repeated = rate(lambda: repeated_verifier.authenticate(token, now), count * 20)
+    repeated = common.rate(lambda: repeated_verifier.authenticate(token, now), count * 20)
     return {
         "raw_verify_per_s": raw,
-        "pyjwt_decode_per_s": rate(pyjwt, count),
+        "pyjwt_decode_per_s": common.rate(pyjwt, count),
         "sidecar_new_token_per_s": new,
         "sidecar_repeated_token_per_s": repeated,
         "new_over_raw": new / raw,
@@ -117,11 +109,6 @@ def load(port: int, headers: dict[str, str], concurrency: int, seconds: float) -
     return asyncio.run(_load(port, headers, concurrency, seconds))
 
 
-def rss_kib(pid: int) -> int:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0])
-
-
 def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
     """The run with the median throughput, with every run's throughput alongside."""
     ordered = sorted(runs, key=lambda r: r["requests_per_s"])
@@ -143,17 +130,17 @@ def http_figures(concurrency: int, seconds: float, rounds: int = 3) -> dict[str,
             starts.append(time.monotonic() - began)
             probe.stop()
         sidecar = start_sidecar(tmp, folder, rules)
-        idle = rss_kib(sidecar.process.pid)
+        idle = common.rss_kib(sidecar.process.pid)
         port = free_port()
         bare = subprocess.Popen([sys.executable, "-m", "tests.apps.bare", str(port)])
         sidecar_runs, bare_runs = [], []
         try:
-            waiting.until(lambda: _answers(port), timeout=30, interval=0.02, what="the bare handler")
+            waiting.until(lambda: answering(port, "/auth"), timeout=30, interval=0.02, what="the bare handler")
             for _ in range(rounds):  # interleaved, so a noisy moment costs both sides alike
                 sidecar_runs.append(load(sidecar.port, headers, concurrency, seconds))
                 bare_runs.append(load(port, headers, concurrency, seconds))
-            after = rss_kib(sidecar.process.pid)
-            bare_rss = rss_kib(bare.pid)
+            after = common.rss_kib(sidecar.process.pid)
+            bare_rss = common.rss_kib(bare.pid)
         finally:
             sidecar.stop()
             bare.terminate()
@@ -170,17 +157,6 @@ def http_figures(concurrency: int, seconds: float, rounds: int = 3) -> dict[str,
         "sidecar_rss_kib": {"idle": idle, "after_load": after},
         "bare_handler_rss_kib": bare_rss,
     }
-
-
-def _answers(port: int) -> bool:
-    import contextlib
-    import http.client
-
-    with contextlib.suppress(OSError, http.client.HTTPException):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", "/auth")
-        return conn.getresponse().status == 200
-    return False
 
 
 def sidecar_bench(count: int, concurrency: int, seconds: float) -> dict[str, Any]:

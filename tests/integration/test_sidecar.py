@@ -270,7 +270,12 @@ def test_envoy_and_traefik_headers_and_metrics(sidecar: Sidecar, kit: Kit) -> No
     public = 'tessera_sidecar_decisions_total{result="allowed",reason="public"} 1'  # the harness's wait for the proxy
     assert public in text and "tessera_sidecar_decision_seconds_count 6" in text
     assert json.loads(request(sidecar.port, "GET", "/readyz").body)["ready"] is True
-    assert kit.issued() not in sidecar.logs() and "BEGIN" not in sidecar.logs()
+    forged = kit.issued(aud="elsewhere")  # refused: a failure path must not log it either
+    assert request(sidecar.port, "GET", "/auth/orders/3", {"Authorization": f"Bearer {forged}"}).status == 401
+    logs = sidecar.logs()
+    for sent in (token.removeprefix("Bearer "), forged):
+        assert all(part not in logs for part in sent.split(".")), "a token (or part of one) is in the sidecar log"
+    assert "BEGIN" not in logs
 
 
 def test_a_token_the_operator_issued_against_the_bundle_it_published(

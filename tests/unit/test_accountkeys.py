@@ -309,7 +309,7 @@ def test_key_secret_round_trips_and_tells_the_workload_what_to_sign_with(algorit
     }
     assert secret["metadata"]["annotations"] == {"iam.tessera.dev/key-id": kid}
     assert decoded(secret, "key-id") == kid and decoded(secret, "subject") == SUBJECT
-    assert decoded(secret, "private-key.pem").startswith("-----BEGIN PRIVATE KEY-----")
+    assert keys.thumbprint(keys.public_of(keys.load_private_pem(decoded(secret, "private-key.pem")))) == kid
     jwk = json.loads(decoded(secret, "private-key.jwk"))
     assert jwk["kid"] == kid and jwk["alg"] == algorithm and jwk["use"] == "sig" and "d" in jwk
     public_part = {k: v for k, v in jwk.items() if k not in sak_api.PRIVATE_JWK_MEMBERS}

@@ -9,6 +9,25 @@ from kopf._cogs.aiokits import aiotoggles
 from tessera.operator import kopffixes
 
 
+async def parked(toggles: aiotoggles.ToggleSet, state: bool, count: int) -> list[asyncio.Task[None]]:
+    """``count`` tasks waiting on ``toggles`` for ``state``, each already parked on the condition.
+
+    A task announces itself and then runs into the condition's wait without yielding before it, so
+    once the last has announced, all of them are waiting (no sleep needed)."""
+    ready, started = asyncio.Event(), 0
+
+    async def waiter() -> None:
+        nonlocal started
+        started += 1
+        if started == count:
+            ready.set()
+        await toggles.wait_for(state)
+
+    tasks = [asyncio.create_task(waiter()) for _ in range(count)]
+    await asyncio.wait_for(ready.wait(), 5)
+    return tasks
+
+
 def test_waiters_wake_once_when_the_last_toggle_goes_not_on_every_change() -> None:
     async def scenario() -> tuple[int, bool, bool]:
         toggles = kopffixes.FlipNotifyingToggleSet(all)
@@ -22,12 +41,11 @@ def test_waiters_wake_once_when_the_last_toggle_goes_not_on_every_change() -> No
             original()
 
         toggles._condition.notify_all = counting  # type: ignore[method-assign]
-        waiters = [asyncio.create_task(toggles.wait_for(True)) for _ in range(50)]
-        await asyncio.sleep(0)
+        waiters = await parked(toggles, True, 50)
         for toggle in made[:-1]:
             await toggles.drop_toggle(toggle)
-        await asyncio.sleep(0)
-        early = any(w.done() for w in waiters)
+        pending = list(toggles._condition._waiters)
+        early = len(pending) != 50 or any(f.done() for f in pending)  # a notify resolves these futures
         await toggles.drop_toggle(made[-1])
         await asyncio.wait_for(asyncio.gather(*waiters), 5)
         return wakeups, early, all(w.done() for w in waiters)
@@ -41,8 +59,7 @@ def test_a_new_toggle_after_readiness_flips_it_back_and_wakes_waiters_for_off() 
     async def scenario() -> bool:
         toggles = kopffixes.FlipNotifyingToggleSet(all)
         assert toggles.is_on()  # empty: all() of nothing
-        waiter = asyncio.create_task(toggles.wait_for(False))
-        await asyncio.sleep(0)
+        [waiter] = await parked(toggles, False, 1)
         await toggles.make_toggle(name="late")
         await asyncio.wait_for(waiter, 5)
         return toggles.is_off()

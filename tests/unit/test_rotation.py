@@ -10,7 +10,6 @@ from tessera import errors
 from tessera.core import issuer, settings
 
 T0 = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
-HOUR = datetime.timedelta(hours=1)
 CFG = settings.Settings(
     key_rotation=datetime.timedelta(days=30),
     key_publish_lead=datetime.timedelta(minutes=5),

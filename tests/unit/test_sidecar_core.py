@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tessera.core import accountkeys, bundles, issuer, revocations
 from tessera.crypto import keys
 from tessera.sidecar import metrics, rules, trust, verify
-from tests.sidecar_kit import AUDIENCE, BILLING, LAPTOP, NAMESPACE, NOW, RULES, Kit
+from tests.sidecar_kit import AUDIENCE, BILLING, LAPTOP, NOW, RULES, Kit
 
 AUDIENCES = frozenset({AUDIENCE})
 
@@ -181,7 +181,7 @@ def test_permission_wildcards_match_whole_segments(granted: set[str], needed: st
 def test_source_ranges_all_apply_and_ipv4_mapped_addresses_count() -> None:
     kit = Kit.make()
     kit.cidrs[BILLING] = ["10.0.0.0/8"]
-    v = verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES, NAMESPACE))
+    v = verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES))
     identity = v.authenticate(kit.issued(cidrs=["10.1.0.0/16", "fd00::/8"]), NOW)
     assert isinstance(identity, verify.Identity)
     assert verify.source_allowed(identity, "10.1.2.3")
@@ -193,7 +193,7 @@ def test_source_ranges_all_apply_and_ipv4_mapped_addresses_count() -> None:
 
 def test_verified_tokens_are_cached_by_digest_until_expiry() -> None:
     kit = Kit.make()
-    v = verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES, NAMESPACE, leeway=5), cache_limit=4)
+    v = verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES, leeway=5), cache_limit=4)
     token = kit.issued(exp=NOW + 100)
     assert isinstance(v.authenticate(token, NOW), verify.Identity)
     assert isinstance(v.authenticate(token, NOW + 1), verify.Identity) and (v.hits, v.misses) == (1, 1)

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 
 from tessera.sidecar import decide, rules, trust, verify
 from tests.sidecar_cases import AUDIENCES, CASES, Case
-from tests.sidecar_kit import NAMESPACE, NOW, RULES, Kit
+from tests.sidecar_kit import NOW, RULES, Kit
 
 KIT = Kit.make()
 RULESET = rules.parse(RULES)
 
 
 def verifier_for(kit: Kit) -> verify.Verifier:
-    return verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES, NAMESPACE))
+    return verify.Verifier(trust.parse(kit.bundle_text()), verify.Policy(AUDIENCES))
 
 
 def run(case: Case, kit: Kit) -> decide.Decision:

@@ -127,10 +127,6 @@ class Assignment:
     scope: str  # namespaces/<ns> or services/<service>
     service: str | None = None  # set on service-level assignments
 
-    @property
-    def sort_key(self) -> tuple[str, str]:
-        return (self.member, self.scope)
-
 
 @dataclasses.dataclass(frozen=True)
 class BindingResult:

@@ -109,7 +109,7 @@ def token_grants(by_namespace: Mapping[str, Iterable[str]], cap_bytes: int) -> G
     return Grants(claim if size <= cap_bytes else None, size, cap_bytes)
 
 
-NO_GRANTS = Grants({}, 2, 2)
+NO_GRANTS = token_grants({}, settings.TOKEN_GRANTS_MAX_BYTES)  # an account bound nowhere
 
 
 def ttl_seconds(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> int:

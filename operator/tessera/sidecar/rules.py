@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
@@ -171,7 +171,3 @@ def match(rules: Sequence[Rule], method: str, target: str) -> Match:
     if folded is not exact:
         return Match(None, "ambiguous_case")
     return Match(exact, "matched" if exact else "no_rule")
-
-
-def describe(rules: Sequence[Rule]) -> Mapping[str, int]:
-    return {access: sum(1 for r in rules if r.access == access) for access in ("permission", "authenticated", "anyone")}

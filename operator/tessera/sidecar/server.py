@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -67,7 +67,6 @@ class Config:
     def policy(self) -> verify.Policy:
         return verify.Policy(
             audiences=self.audiences,
-            namespace=self.namespace,
             leeway=self.leeway,
             max_token_bytes=self.max_token_bytes,
             max_lifetime=self.max_lifetime,
@@ -95,7 +94,6 @@ class State:
         self.bundle_changed_at: float | None = None
         self.bundle_valid = False
         self.last_error: str | None = None
-        self.last_error_at: float | None = None
         self._retired_hits = 0
         self._retired_misses = 0
 
@@ -108,7 +106,7 @@ class State:
         return (self._retired_hits + (v.hits if v else 0), self._retired_misses + (v.misses if v else 0))
 
     def _refuse(self, what: str, message: str) -> None:
-        self.last_error, self.last_error_at = f"{what}: {message}", time.time()
+        self.last_error = f"{what}: {message}"
         keeping = "kept the last good one" if self.ready else "not ready until a valid one arrives"
         logger.warning("Refused the %s (%s): %s", what, keeping, message)
 
@@ -282,11 +280,8 @@ async def serve(config: Config, started: Callable[[State], Awaitable[None]] | No
     state.reload()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signal_name in ("SIGTERM", "SIGINT"):
-        with contextlib.suppress(NotImplementedError):
-            import signal
-
-            loop.add_signal_handler(getattr(signal, signal_name), stop.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     sessions: list[ClientSession] = []
 
     def session() -> ClientSession:
@@ -297,14 +292,16 @@ async def serve(config: Config, started: Callable[[State], Awaitable[None]] | No
             )
         return sessions[0]
 
-    runners = [web.AppRunner(auth_app(state), access_log=None)]
+    apps = [(auth_app(state), config.listen, "auth, probes, metrics")]
     if config.proxy_listen is not None and config.upstream is not None:
-        runners.append(web.AppRunner(proxy_app(state, config.upstream, session), access_log=None))
-    listens = [config.listen] + ([config.proxy_listen] if len(runners) > 1 and config.proxy_listen else [])
-    for runner, (host, port) in zip(runners, listens, strict=True):
+        apps.append((proxy_app(state, config.upstream, session), config.proxy_listen, "proxy"))
+    runners = []
+    for app, (host, port), serves in apps:
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port, backlog=1024).start()
-        logger.info("Listening on %s:%d (%s)", host, port, "auth, probes, metrics" if runner is runners[0] else "proxy")
+        runners.append(runner)
+        logger.info("Listening on %s:%d (%s)", host, port, serves)
     poller = asyncio.create_task(_poll(state, stop))
     if started is not None:
         await started(state)
@@ -341,7 +338,3 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise errors.ConfigError(f"listen address {text!r}: port out of range")
     return (host.strip("[]") or "0.0.0.0", number)  # noqa: S104 (an empty host means every interface, as asked)
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, sort_keys=True)

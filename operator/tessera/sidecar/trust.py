@@ -38,7 +38,7 @@ class Key:
     signature_bytes: int  # the length of a raw signature by this key
     # (signature, signing input) -> None, or cryptography's InvalidSignature; bound once per key so
     # checking a token costs no type dispatch
-    check: Callable[[bytes, bytes], None] = dataclasses.field(repr=False, compare=False, default=lambda s, d: None)
+    check: Callable[[bytes, bytes], None] = dataclasses.field(repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

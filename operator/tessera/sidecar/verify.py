@@ -41,7 +41,6 @@ HEADER_CACHE_LIMIT = 256
 @dataclasses.dataclass(frozen=True)
 class Policy:
     audiences: frozenset[str]
-    namespace: str
     leeway: int = 60
     max_token_bytes: int = 8192
     max_lifetime: int = 86400  # exp - iat, seconds
