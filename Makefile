@@ -16,14 +16,26 @@ BENCH_OUT ?= bench-results.json
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+COMPILE = $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
+	--build-deps-for wheel pyproject.toml
+
+# The virtualenv installs exactly the dev lock (hash-checked), then the package itself without deps.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 .PHONY: venv
 venv: $(STAMP) ## Create the virtualenv with the package and dev tools
+
+.PHONY: lock
+lock: ## Re-resolve the dependency pins: requirements.lock (image) and requirements-dev.lock (venv, CI)
+	@test -x $(BIN)/pip-compile || $(BIN)/python -m pip install --quiet pip-tools
+	$(COMPILE) --upgrade --extra dev -o $(DEV_LOCK)
+	$(COMPILE) -o $(LOCK) --constraint $(DEV_LOCK)
 
 .PHONY: control-plane
 control-plane: $(STAMP) ## Build (once, cached) or find kube-apiserver, etcd, kubectl; print their folder
@@ -59,8 +71,31 @@ test-unit: $(STAMP) ## Unit tests only (no control plane)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: $(STAMP) control-plane nginx helm ## Unit and integration tests against a real local kube-apiserver + etcd
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+test: test-integration e2e ## Every test: unit, integration (API server), end-to-end (a real node; root)
+
+.PHONY: test-integration
+test-integration: $(STAMP) control-plane nginx helm ## Unit and integration tests against a real local kube-apiserver + etcd
+	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+.PHONY: node-binaries
+node-binaries: $(STAMP) control-plane ## Build (once, cached) kubelet, kube-scheduler, kube-proxy, CoreDNS; print their folder
+	$(BIN)/python -c 'from tessera.envtest import assets; print(assets.ensure_node())'
+
+.PHONY: images
+images: $(STAMP) ## Build (cached by content) the images a node runs: pause, base, tessera (the Dockerfile), e2e apps
+	$(BIN)/python -m tessera.envtest images
+
+.PHONY: node-start
+node-start: $(STAMP) control-plane node-binaries ## Start a real one-node cluster (root) with the project's image loaded
+	$(BIN)/python -m tessera.envtest node start --image
+
+.PHONY: node-stop
+node-stop: $(STAMP) ## Stop the node and restore every machine setting it changed
+	$(BIN)/python -m tessera.envtest node stop
+
+.PHONY: e2e
+e2e: $(STAMP) control-plane node-binaries helm ## End-to-end tests in a real node: helm install, examples, Pods (root)
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: run
 run: $(STAMP) control-plane ## Start a local control plane, install CRDs and examples, run the operator

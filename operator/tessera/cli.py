@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=_peering_priority(),
         help="Kopf peering priority: the live replica with the highest acts, equal ones all pause; "
-        "env TESSERA_PEERING_PRIORITY; default: random with --peering, else 0",
+        "env TESSERA_PEERING_PRIORITY; default with --peering: the earlier a replica started, the higher",
     )
     op.add_argument("--verbose", action="store_true", help="log each handler step")
     op.set_defaults(func=_operator)

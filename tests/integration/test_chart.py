@@ -295,7 +295,7 @@ def test_install_run_upgrade_uninstall(private_cluster: Cluster, tmp_path: Path,
     made = {object_id(d) for d in installed}
     identity = operator_identity(cluster, tmp_path)
 
-    operators.append(run_as_chart(cluster, identity, installed, tmp_path / "standalone.log"))
+    operators.append(run_as_chart(cluster, identity, installed, tmp_path / "single.log"))
     the_examples_work(cluster)
     cluster_wide_refusals(identity)
     for upgrade in (upgrade_to_two_replicas, upgrade_to_watched_namespaces):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import datetime
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,31 @@ def test_two_peered_replicas_never_act_at_once(
     stop_operator(second)
     waiting.until(lambda: first.process.poll() is not None, timeout=60, what="the first replica exiting to restart")
     assert first.process.returncode == 0 and "Resuming after a pause: restarting" in first.logs()
+
+
+def test_a_newer_replica_waits_for_the_older_one(
+    private_cluster: Cluster, operators: list[Operator], tmp_path: Path
+) -> None:
+    """Without explicit priorities (as the chart runs them), the replica that started first acts and a
+    later one stands by, also while the first keeps working; it takes over only once the first has
+    gone. (A rolling update starts the new Pod while the old one still acts.)"""
+    cluster = private_cluster
+    home = create_namespace(cluster, "tessera-system")
+    cluster.kubectl("apply", "-f", str(Path(__file__).parents[2] / "charts/tessera/crds/kopf.dev_peerings.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tessera"}}
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
+    older = start_operator(cluster, home, tmp_path / "older.log", args=("--peering", "tessera"))
+    newer = start_operator(cluster, home, tmp_path / "newer.log", args=("--peering", "tessera"))
+    operators.extend([older, newer])
+    apps = create_namespace(cluster, "apps")
+    for name in ("a", "b", "c"):
+        apply(cluster, apps, SA, name, {})
+        waiting.until(functools.partial(reason_is, cluster, apps, SA, name, "TokenIssued"), what=f"{name} served")
+    assert all(f"[{apps}/{n}]" in older.logs() for n in "abc")
+    assert f"[{apps}/" not in newer.logs(), "the newer replica acted while the older one was active"
+
+    stop_operator(older)
+    apply(cluster, apps, SA, "after", {})
+    waiting.until(lambda: reason_is(cluster, apps, SA, "after", "TokenIssued"), timeout=90, what="the newer one acting")
+    assert f"[{apps}/after]" in newer.logs()

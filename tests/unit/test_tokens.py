@@ -106,11 +106,34 @@ def test_a_token_with_unreadable_facts_is_replaced_not_trusted() -> None:
 
 
 def test_refreshes_of_many_accounts_are_spread_over_a_tenth_of_the_ttl() -> None:
-    moments = {tokens.refresh_at(f"uid-{i}", NOW, 1000) for i in range(1000)}
+    moments = [tokens.refresh_at(f"uid-{i}", NOW, 1000, 0) for i in range(1000)]
     offsets = sorted((m - NOW).total_seconds() for m in moments)
     assert offsets[0] >= 700 and offsets[-1] <= 800
     assert offsets[-1] - offsets[0] > 90  # spread across the window, not bunched
-    assert tokens.refresh_at("uid-1", NOW, 1000) == tokens.refresh_at("uid-1", NOW, 1000)
+    assert len(set(moments)) > 990
+    again = [tokens.refresh_at(f"uid-{i}", NOW, 1000, 0) for i in range(1000)]
+    assert again == moments  # re-planning gives the same moments
+
+
+@pytest.mark.parametrize(
+    ("ttl", "margin", "due"),
+    [
+        (900, 120, 720),  # long enough: 80 %
+        (300, 120, 180),  # 80 % would leave 60 s: refreshed when 120 s remain
+        (180, 120, 90),  # too short for the margin: at half its life
+        (60, 120, 30),
+        (1000, 0, 800),
+    ],
+)
+def test_a_refresh_leaves_time_to_deliver_the_new_token(ttl: int, margin: float, due: float) -> None:
+    assert tokens.refresh_after(ttl, margin) == due
+
+
+def test_an_issued_token_is_refreshed_with_the_delivery_margin_left() -> None:
+    cfg = settings.Settings(issuer="https://issuer.test", token_delivery_seconds=90, refresh_check_seconds=30)
+    for ttl in (240, 300, 900, 3600):
+        facts = tokens.decide(make_sa(token={"ttlSeconds": ttl}), None, KEYSET, cfg, NOW).facts  # type: ignore[union-attr]
+        assert (facts.expires_at - facts.refresh_at).total_seconds() >= cfg.refresh_margin_seconds, ttl
 
 
 def test_token_facts_round_trip_through_secret_annotations() -> None:
@@ -238,6 +261,10 @@ def test_a_withdrawn_token_has_no_grants_condition() -> None:
 
 
 def test_settings_bound_the_grants_cap() -> None:
+    assert settings.Settings.from_env({}).token_delivery_seconds == 90
+    assert settings.Settings.from_env({"TESSERA_TOKEN_DELIVERY_SECONDS": "30"}).refresh_margin_seconds == 60
+    with pytest.raises(errors.ConfigError, match="TESSERA_TOKEN_DELIVERY_SECONDS"):
+        settings.Settings.from_env({"TESSERA_TOKEN_DELIVERY_SECONDS": "-1"})
     assert settings.Settings.from_env({}).token_grants_max_bytes == settings.TOKEN_GRANTS_MAX_BYTES
     assert settings.Settings.from_env({"TESSERA_TOKEN_GRANTS_MAX_BYTES": "0"}).token_grants_max_bytes == 0
     for bad in ("-1", "100000", "lots"):

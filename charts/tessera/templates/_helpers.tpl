@@ -42,7 +42,7 @@ app.kubernetes.io/component: operator
 {{- default (include "tessera.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
 
-{{/* The Kopf peering object's name (replicas > 1). */}}
+{{/* The Kopf peering object's name. */}}
 {{- define "tessera.peeringName" -}}
 {{- include "tessera.fullname" . }}
 {{- end }}

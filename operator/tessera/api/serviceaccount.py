@@ -60,7 +60,9 @@ class TokenSettings(meta.Model):
         default=DEFAULT_TTL_SECONDS,
         ge=MIN_TTL_SECONDS,
         le=MAX_TTL_SECONDS,
-        description="Lifetime of each token, 60 s to 24 h. The token is refreshed at about 80% of it.",
+        description="Lifetime of each token, 60 s to 24 h. The token is refreshed at 80% of it, or earlier so that the "
+        "new one reaches mounted files (kubelet: about a minute) before the old expires; use 5 min or more "
+        "for tokens read from a mounted Secret.",
     )
     audiences: list[Audience] = pydantic.Field(
         default_factory=list,

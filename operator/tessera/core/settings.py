@@ -36,6 +36,10 @@ class Settings:
     default_audience: str = "tessera"
     algorithm: keys.Algorithm = "ES256"
     refresh_check_seconds: float = 30.0
+    # How long a new token may take to reach the workload's mounted file: kubelet rewrites a mounted
+    # Secret at its next sync (``syncFrequency``, 1 min by default). Tokens are refreshed at least this
+    # long plus one refresh check before they expire (or at half their lifetime, if shorter).
+    token_delivery_seconds: float = 90.0
     # A new issuer key is created every ``key_rotation`` (zero: never), published ``key_publish_lead``
     # before it signs (kubelet refreshes mounted ConfigMaps about once a minute), and the old one is
     # withdrawn once every token it signed has expired (``max_token_ttl`` after the new key took over).
@@ -49,6 +53,11 @@ class Settings:
     # Over this many bytes the grants claim is left out of a token (0: never put in tokens).
     token_grants_max_bytes: int = TOKEN_GRANTS_MAX_BYTES
 
+    @property
+    def refresh_margin_seconds(self) -> float:
+        """What a refresh must leave of the old token's life: the delivery time plus a check's lateness."""
+        return self.token_delivery_seconds + self.refresh_check_seconds
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Settings from ``TESSERA_*`` variables (the chart sets them); unset ones keep their defaults."""
@@ -60,6 +69,7 @@ class Settings:
             )
         try:
             refresh = float(env.get("TESSERA_REFRESH_CHECK_SECONDS", cls.refresh_check_seconds))
+            delivery = float(env.get("TESSERA_TOKEN_DELIVERY_SECONDS", cls.token_delivery_seconds))
             rotation = datetime.timedelta(hours=float(env.get("TESSERA_KEY_ROTATION_HOURS", 30 * 24)))
             lead = datetime.timedelta(seconds=float(env.get("TESSERA_KEY_PUBLISH_LEAD_SECONDS", 300)))
             max_ttl = datetime.timedelta(seconds=float(env.get("TESSERA_MAX_TOKEN_TTL_SECONDS", MAX_TOKEN_TTL_SECONDS)))
@@ -68,6 +78,8 @@ class Settings:
             grants_max = int(env.get("TESSERA_TOKEN_GRANTS_MAX_BYTES", TOKEN_GRANTS_MAX_BYTES))
         except ValueError as exc:
             raise errors.ConfigError(f"a numeric TESSERA_* setting is not a number: {exc}") from exc
+        if delivery < 0:
+            raise errors.ConfigError("TESSERA_TOKEN_DELIVERY_SECONDS must not be negative")
         if not 60 <= max_ttl.total_seconds() <= MAX_TOKEN_TTL_SECONDS:
             raise errors.ConfigError("TESSERA_MAX_TOKEN_TTL_SECONDS must be between 60 and 86400")
         if not 0 < bundle_max <= BUNDLE_LIMIT_BYTES:
@@ -80,6 +92,7 @@ class Settings:
             default_audience=env.get("TESSERA_DEFAULT_AUDIENCE", cls.default_audience),
             algorithm=algorithm,
             refresh_check_seconds=refresh,
+            token_delivery_seconds=delivery,
             key_rotation=rotation,
             key_publish_lead=lead,
             max_token_ttl=max_ttl,

@@ -1,10 +1,13 @@
 """What to do with a ServiceAccount's token: keep it, issue a new one, or withdraw it.
 
 The decision is a list of named predicates evaluated in order (the first that fires wins), from
-the spec, the token last written (read back from its Secret's annotations) and ``now``. Refreshes
-fall between 70 % and 80 % of the TTL, spread by a hash of the account's uid so that a thousand
-accounts created together do not refresh together; the spread is deterministic, so re-planning
-gives the same answer.
+the spec, the token last written (read back from its Secret's annotations) and ``now``. A refresh
+falls at 80 % of the TTL, or earlier so that the new token has time to reach the workload's file
+before the old one expires (kubelet rewrites a mounted Secret only at its next sync, about a minute
+later; a real node showed a refreshed 180 s token arriving 22 s after the old one had expired), but
+never before half the TTL. Each refresh is moved earlier by up to a tenth of the TTL, by a hash of
+the account's uid, so that a thousand accounts created together do not refresh together; the spread
+is deterministic, so re-planning gives the same answer.
 
 Tokens carry the subject's grants, ``"grants": {"<namespace>": ["<permission>", ...]}``, for consumers
 that read only the JWT. A change of grants, like any change of the claims, makes a new token. When
@@ -140,11 +143,17 @@ def audiences(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> list[str]:
     return sorted(sa.spec.token.audiences) or [cfg.default_audience]
 
 
-def refresh_at(uid: str, issued_at: datetime.datetime, ttl_seconds: int) -> datetime.datetime:
-    """Between 70 % and 80 % of the lifetime, spread by uid and issue time."""
+def refresh_after(ttl_seconds: float, margin_seconds: float) -> float:
+    """Seconds after issue when a token is due: at 80 % of its life, earlier if that would leave less
+    than ``margin_seconds`` for the new token to reach the workload, never before half its life."""
+    return min(REFRESH_FRACTION * ttl_seconds, max(ttl_seconds - margin_seconds, ttl_seconds / 2))
+
+
+def refresh_at(uid: str, issued_at: datetime.datetime, ttl_seconds: int, margin_seconds: float) -> datetime.datetime:
+    """:func:`refresh_after`, moved earlier by up to a tenth of the lifetime by uid and issue time."""
     spread = int.from_bytes(hashlib.sha256(f"{uid}/{issued_at.isoformat()}".encode()).digest()[:4], "big")
     jitter = (spread / 2**32) * JITTER_FRACTION * ttl_seconds
-    return issued_at + datetime.timedelta(seconds=REFRESH_FRACTION * ttl_seconds - jitter)
+    return issued_at + datetime.timedelta(seconds=refresh_after(ttl_seconds, margin_seconds) - jitter)
 
 
 def claims(
@@ -250,7 +259,7 @@ def decide(
     facts = ObservedToken(
         issued_at=issued,
         expires_at=expires,
-        refresh_at=refresh_at(sa.metadata.uid or sa.name, issued, ttl_seconds(sa, cfg)),
+        refresh_at=refresh_at(sa.metadata.uid or sa.name, issued, ttl_seconds(sa, cfg), cfg.refresh_margin_seconds),
         key_id=key.kid,
         inputs=inputs,
         alive_until=max(expires, alive_until(observed, now, cfg)) if observed is not None else expires,

@@ -1,11 +1,14 @@
-"""``python -m tessera.envtest build|run|serve``: binaries, ``make run``, or a bare control plane."""
+"""``python -m tessera.envtest build|run|serve|node|images``: binaries, ``make run``, a bare control plane, a real
+node, the images it runs."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from tessera.envtest import assets, controlplane, devrun
+from tessera.envtest import assets, controlplane, devrun, images, node
+
+E2E_APPS = Path("tests") / "e2e" / "apps"
 
 
 def main(argv: list[str]) -> int:
@@ -17,10 +20,18 @@ def main(argv: list[str]) -> int:
             return devrun.run(Path.cwd())
         elif command == "serve":
             return controlplane.main(argv)
+        elif command == "node":
+            return node.main(argv[1:])
+        elif command == "images":
+            root = Path.cwd()
+            built = (images.pause(), images.tessera(root), images.from_context("tessera-e2e-apps", root / E2E_APPS))
+            for image in built:
+                print(f"{image.ref}\t{image.archive}")
         else:
-            print(f"usage: python -m tessera.envtest [build|run|serve]; unknown {command!r}", file=sys.stderr)
+            usage = "python -m tessera.envtest [build|run|serve|node|images]"
+            print(f"usage: {usage}; unknown {command!r}", file=sys.stderr)
             return 2
-    except assets.AssetError as exc:
+    except (assets.AssetError, images.ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

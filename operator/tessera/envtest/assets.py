@@ -27,8 +27,15 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.5.35"
 
+COREDNS_VERSION = "v1.13.2"  # its client-go matches KUBERNETES_VERSION's minor
+
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 REQUIRED = ("kube-apiserver", "etcd", "kubectl")
+# What a real node adds (tessera.envtest.node): built on demand, in the same throwaway module.
+NODE_KUBE_COMMANDS = ("kubelet", "kube-scheduler", "kube-proxy")
+NODE_COMMANDS = (*NODE_KUBE_COMMANDS, "coredns")
+# CoreDNS with only what a test cluster's DNS needs; the order is CoreDNS's own plugin.cfg order.
+COREDNS_PLUGINS = ("bind", "ready", "health", "errors", "log", "cache", "kubernetes")
 
 
 class AssetError(RuntimeError):
@@ -59,6 +66,10 @@ def cache_root() -> Path:
 
 def control_plane_dir() -> Path:
     return cache_root() / "control-plane" / f"{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
+
+
+def node_dir() -> Path:
+    return cache_root() / "node" / f"{KUBERNETES_VERSION}-coredns-{COREDNS_VERSION}"
 
 
 def _complete(directory: Path, names: tuple[str, ...]) -> bool:
@@ -153,7 +164,7 @@ def _version_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build_kubernetes(out: Path) -> None:
+def build_kubernetes(out: Path, commands: tuple[str, ...] = KUBE_COMMANDS) -> None:
     env = _go_env()
     work = cache_root() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
     work.mkdir(parents=True, exist_ok=True)
@@ -175,7 +186,7 @@ def build_kubernetes(out: Path) -> None:
     (work / "go.mod").write_text("\n".join(lines))
     (work / "go.sum").touch()
     cmd = ["go", "build", "-v", "-trimpath", "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(out) + "/"]
-    _build_with_progress(cmd + [f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS], work, env, "kubernetes")
+    _build_with_progress(cmd + [f"k8s.io/kubernetes/cmd/{c}" for c in commands], work, env, "kubernetes")
 
 
 def build_etcd(out: Path) -> None:
@@ -206,3 +217,70 @@ def build() -> Assets:
     staging.rename(out)
     _log(f"control plane ready in {time.monotonic() - started:.0f}s: {out}")
     return Assets(out)
+
+
+def coredns_main(plugins: tuple[str, ...] = COREDNS_PLUGINS) -> str:
+    """CoreDNS's documented way to build with a chosen plugin set: a ``main`` that imports the plugins
+    and sets the directive order (instead of editing plugin.cfg and running ``go generate``)."""
+    imports = "\n".join(f'\t_ "github.com/coredns/coredns/plugin/{p}"' for p in plugins)
+    directives = ", ".join(f'"{p}"' for p in plugins)
+    return f"""package main
+
+import (
+\t"github.com/coredns/coredns/core/dnsserver"
+\t"github.com/coredns/coredns/coremain"
+{imports}
+)
+
+func init() {{ dnsserver.Directives = []string{{{directives}}} }}
+
+func main() {{ coremain.Run() }}
+"""
+
+
+def build_coredns(out: Path) -> None:
+    env = _go_env()
+    work = cache_root() / "build" / f"coredns-{COREDNS_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module tessera.dev/coredns-build\n\ngo 1.24.0\n\nrequire github.com/coredns/coredns {COREDNS_VERSION}\n"
+    )
+    (work / "go.sum").touch()
+    (work / "main.go").write_text(coredns_main())
+    _run(["go", "mod", "tidy"], work, env)
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."]
+    _build_with_progress(cmd, work, env, "coredns")
+
+
+def find_node() -> Path | None:
+    """The folder of kubelet, kube-scheduler, kube-proxy and coredns if all are there (or given by
+    ``TESSERA_NODE_ASSETS``), else None."""
+    explicit = os.environ.get("TESSERA_NODE_ASSETS")
+    directory = Path(explicit) if explicit else node_dir()
+    if _complete(directory, NODE_COMMANDS):
+        return directory
+    if explicit:
+        raise AssetError(f"TESSERA_NODE_ASSETS={explicit} lacks one of {', '.join(NODE_COMMANDS)}")
+    return None
+
+
+def ensure_node() -> Path:
+    """The node binaries, built into the cache when absent (a minute or two once the control plane's
+    Go caches are warm)."""
+    found = find_node()
+    if found is not None:
+        return found
+    out = node_dir()
+    staging = out.with_name(out.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    _log(f"building {', '.join(NODE_COMMANDS)} into {out}")
+    started = time.monotonic()
+    if not _complete(staging, NODE_KUBE_COMMANDS):
+        build_kubernetes(staging, NODE_KUBE_COMMANDS)
+    if not (staging / "coredns").is_file():
+        build_coredns(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    _log(f"node binaries ready in {time.monotonic() - started:.0f}s: {out}")
+    return out

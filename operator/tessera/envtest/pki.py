@@ -59,8 +59,16 @@ def new_ca(common_name: str) -> KeyPair:
     return KeyPair(_builder(name, name, key.public_key(), ca=True).sign(key, hashes.SHA256()), key)
 
 
-def issue(ca: KeyPair, common_name: str, *, organizations: Sequence[str] = (), server: bool = False) -> KeyPair:
-    """A leaf certificate signed by ``ca``: a client cert (CN=user, O=groups), or the API server's serving cert."""
+def issue(
+    ca: KeyPair,
+    common_name: str,
+    *,
+    organizations: Sequence[str] = (),
+    server: bool = False,
+    extra_ips: Sequence[str] = (),
+) -> KeyPair:
+    """A leaf certificate signed by ``ca``: a client cert (CN=user, O=groups), or the API server's serving
+    cert (``extra_ips`` added to its addresses)."""
     key = ec.generate_private_key(ec.SECP256R1())
     attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
     subject = x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -72,7 +80,7 @@ def issue(ca: KeyPair, common_name: str, *, organizations: Sequence[str] = (), s
     )
     if server:
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in DNS_SANS]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in IP_SANS]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*IP_SANS, *extra_ips)]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return KeyPair(builder.sign(ca.key, hashes.SHA256()), key)
 
@@ -107,13 +115,13 @@ class Pki:
     sa_pub: Path
 
 
-def write_pki(directory: Path) -> tuple[Pki, KeyPair]:
+def write_pki(directory: Path, serving_ips: Sequence[str] = ()) -> tuple[Pki, KeyPair]:
     """Make every certificate and key; return their paths and the client CA (to sign more users)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, client_ca = new_ca("tessera-envtest-ca"), new_ca("tessera-envtest-client-ca")
     ca_file, _ = write_pair(directory, "ca", ca)
     client_ca_file, _ = write_pair(directory, "client-ca", client_ca)
-    serving = write_pair(directory, "apiserver", issue(ca, "kube-apiserver", server=True))
+    serving = write_pair(directory, "apiserver", issue(ca, "kube-apiserver", server=True, extra_ips=serving_ips))
     admin = write_pair(directory, "admin", issue(client_ca, ADMIN_USER, organizations=["system:masters"]))
     sa = ec.generate_private_key(ec.SECP256R1())
     sa_key = _write(directory / "sa.key", _key_pem(sa), private=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import secrets
+import time
 
 import kopf
 
@@ -26,12 +26,20 @@ class QuietTimers(logging.Filter):
         return not (record.levelno <= logging.INFO and routine)
 
 
-def priority(given: int | None, peering: str | None) -> int:
-    """The Kopf peering priority: as given, else random with peering (replicas of equal priority all
-    pause, so each needs its own), else 0."""
+SENIORITY_BASE = 2**62  # peering priorities stay positive int64 for the next 100,000 years
+
+
+def priority(given: int | None, peering: str | None, started_ns: int) -> int:
+    """The Kopf peering priority: as given, else by seniority with peering, else 0.
+
+    The live replica with the highest priority acts. The earlier a replica started, the higher its
+    priority (microseconds, so no two replicas tie: Kopf pauses every replica of equal priority), so a
+    new replica (a rolling update, a scale-up) waits until the active one has gone instead of taking
+    over while it still acts: Kopf has no per-object locks, and two replicas acting at once for even a
+    moment could each issue a token."""
     if given is not None:
         return given
-    return secrets.randbelow(2**31 - 1) + 1 if peering else 0
+    return SENIORITY_BASE - started_ns // 1000 if peering else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         namespaces=args.watch_namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
-        priority=priority(args.priority, args.peering),
+        priority=priority(args.priority, args.peering, time.time_ns()),
         liveness_endpoint=args.liveness or None,
     )
     return 0

@@ -1,0 +1,88 @@
+"""A workload that calls the ledger with the token kubelet mounts, re-reading the file for every call.
+
+    client.py once URL [--token-file F] [--method M]   one call; prints a JSON line
+    client.py loop URL --token-file F [--interval S]    a call every S seconds, a JSON line each
+    client.py loop URL --token-file F --hold            the same, with the token read once and kept
+                                                        (as a leaked or cached copy would be)
+
+Each line: the time, status, the sidecar's reason, and facts of the token sent (its kid, exp, iat and
+a digest, never the token): enough for the tests to tell a refresh, a key rotation or a revocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def token_facts(token: str) -> dict[str, object]:
+    def part(index: int) -> dict[str, object]:
+        segment = token.split(".")[index]
+        decoded: dict[str, object] = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        return decoded
+
+    try:
+        header, claims = part(0), part(1)
+    except (ValueError, IndexError):
+        return {"token": "unreadable"}
+    digest = hashlib.sha256(token.encode()).hexdigest()[:12]
+    return {"kid": header.get("kid"), "exp": claims.get("exp"), "iat": claims.get("iat"), "digest": digest}
+
+
+def read_token(token_file: str | None) -> str | None:
+    if not token_file:
+        return None
+    with open(token_file) as handle:
+        return handle.read().strip()
+
+
+def call(url: str, token: str | None, method: str) -> dict[str, object]:
+    if not url.startswith("http://"):
+        raise SystemExit(f"not an http URL: {url}")
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)  # noqa: S310
+    facts: dict[str, object] = {}
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+        facts = token_facts(token) if token else {"token": "empty"}
+    started = time.time()
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (http only, checked above)
+            status, headers, body = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, body = exc.code, exc.headers, exc.read()
+    except OSError as exc:
+        return {"t": started, "status": 0, "error": str(exc), **facts}
+    line: dict[str, object] = {"t": started, "status": status, "reason": headers.get("X-Tessera-Reason"), **facts}
+    try:
+        line["body"] = json.loads(body)
+    except ValueError:
+        line["body"] = body.decode(errors="replace")[:200]
+    return line
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["once", "loop"])
+    parser.add_argument("url")
+    parser.add_argument("--token-file")
+    parser.add_argument("--method", default="GET")
+    parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--hold", action="store_true")
+    args = parser.parse_args(argv)
+    held = read_token(args.token_file) if args.hold else None
+    while True:
+        token = held if args.hold else read_token(args.token_file)
+        print(json.dumps(call(args.url, token, args.method)), flush=True)
+        if args.mode == "once":
+            return 0
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
