@@ -66,6 +66,37 @@ def _sidecar(args: argparse.Namespace) -> int:
     return server.run(config)
 
 
+def _issuer(args: argparse.Namespace) -> int:
+    from tessera.issuer import server
+    from tessera.sidecar import server as sidecar_server
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("tessera issuer: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    config = server.Config(
+        listen=sidecar_server.parse_listen(args.listen),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+    )
+    return server.run(config)
+
+
+def _add_issuer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    import os
+
+    iss = sub.add_parser(
+        "issuer",
+        help="serve OIDC discovery, the JWKS and the token endpoint over HTTPS",
+        description="The issuer service: every replica serves alone, reading keys, accounts, providers and "
+        "revocations from the API server. Settings: the operator's TESSERA_* variables (TESSERA_ISSUER, "
+        "TESSERA_NAMESPACE, TESSERA_KUBERNETES_AUDIENCE, ...).",
+    )
+    iss.add_argument("--listen", default=os.environ.get("TESSERA_ISSUER_LISTEN", "0.0.0.0:8443"), help="address")
+    iss.add_argument("--tls-cert", default=os.environ.get("TESSERA_ISSUER_TLS_CERT"), help="PEM certificate chain")
+    iss.add_argument("--tls-key", default=os.environ.get("TESSERA_ISSUER_TLS_KEY"), help="PEM private key")
+    iss.set_defaults(func=_issuer)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     import os
 
@@ -150,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
     crds.set_defaults(func=_crds)
     _add_keygen(sub)
     _add_sidecar(sub)
+    _add_issuer(sub)
     return top
 
 

@@ -22,7 +22,7 @@ from tessera.core import assignments, conditions
 from tessera.crypto import keys
 
 UNKNOWN_KID_INTERVAL = datetime.timedelta(seconds=60)
-FAILED_RETRY = datetime.timedelta(seconds=30)
+FAILED_RETRY = datetime.timedelta(seconds=30)  # the issuer retries a failed scheduled fetch after this
 MAX_DOCUMENT_BYTES = 256 * 1024
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -160,3 +160,18 @@ def changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     old_ready: Mapping[str, Any] = next((c for c in (old or {}).get("conditions", []) if c.get("type") == "Ready"), {})
     new_ready = next(c for c in new["conditions"] if c.get("type") == "Ready")
     return any(old_ready.get(k) != new_ready.get(k) for k in ("status", "reason", "message"))
+
+
+def fetch_due(provider: idp_api.IdentityProvider, now: datetime.datetime) -> bool:
+    """Whether the operator should fetch the provider's keys now: a new generation, the schedule says
+    so, or it is not Ready (then at every check, so at most once per TESSERA_REFRESH_CHECK_SECONDS)."""
+    if provider.spec.disabled:
+        return False
+    observed = provider.status
+    ready = next((c for c in observed.conditions if c.type == "Ready"), None)
+    if ready is None or ready.status != "True" or observed.observed_generation != provider.metadata.generation:
+        return True
+    if provider.spec.jwks is not None:
+        return False
+    refresh = datetime.timedelta(seconds=provider.spec.refresh_seconds)
+    return now >= refresh_due(observed.last_fetch_time, refresh, now)

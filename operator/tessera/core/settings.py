@@ -48,6 +48,13 @@ class Settings:
     clock_leeway: datetime.timedelta = datetime.timedelta(seconds=60)
     # Over this many bytes the grants claim is left out of a token (0: never put in tokens).
     token_grants_max_bytes: int = TOKEN_GRANTS_MAX_BYTES
+    # The audience a Kubernetes service account token must carry to be exchanged at the issuer service
+    # (``kubectl create token --audience``, a projected token's ``audience``); empty: the issuer URL.
+    kubernetes_audience: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kubernetes_audience:
+            object.__setattr__(self, "kubernetes_audience", self.issuer)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -86,4 +93,5 @@ class Settings:
             bundle_max_bytes=bundle_max,
             clock_leeway=leeway,
             token_grants_max_bytes=grants_max,
+            kubernetes_audience=env.get("TESSERA_KUBERNETES_AUDIENCE", ""),
         )
