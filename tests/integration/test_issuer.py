@@ -4,7 +4,11 @@ bearer assertions (replay, allowedCIDRs), refusals of disabled and deleted princ
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
+import time
+import uuid
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +18,7 @@ import jwt
 import pytest
 
 from tessera.core import exchange
+from tessera.crypto import keys
 from tests import harness, issuer_kit, waiting
 from tests.integration.conftest import IssuerStack
 
@@ -79,7 +84,7 @@ def test_discovery_and_jwks_serve_a_generic_oidc_client(issuer_stack: IssuerStac
     assert status == 200, answer
     assert answer["token_type"] == "Bearer" and answer["issued_token_type"] == exchange.TYPE_ACCESS_TOKEN
     context = stack.issuer.tls.context()
-    with urllib.request.urlopen(f"{stack.issuer.url}/.well-known/openid-configuration", context=context) as found:
+    with urllib.request.urlopen(f"{stack.issuer.url}/.well-known/openid-configuration", context=context) as found:  # noqa: S310
         discovery = json.load(found)
     assert discovery["issuer"] == stack.issuer.url
     assert discovery["token_endpoint"] == f"{stack.issuer.url}/token"
@@ -138,3 +143,110 @@ def token_kubeconfig(stack: IssuerStack, token: str, path: Path) -> Path:
     }
     path.write_text(json.dumps(config))
     return path
+
+
+# --- JWT bearer (RFC 7523) --------------------------------------------------------------------------
+
+
+def generated_key(stack: IssuerStack, ns: str, account: str, name: str) -> tuple[keys.PrivateKey, str, str]:
+    """A ServiceAccountKey the operator generates: (private key, kid, subject) from its Secret."""
+    apply(
+        stack,
+        {
+            "apiVersion": "iam.tessera.dev/v1alpha1",
+            "kind": "ServiceAccountKey",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"serviceAccountName": account, "generate": {"algorithm": "ES256"}},
+        },
+    )
+    ready(stack, ns, "serviceaccountkeys", name)
+    secret = stack.cluster.secret(ns, f"{name}-tessera-key")
+    assert secret is not None
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    return keys.load_private_pem(data["private-key.pem"]), data["key-id"], data["subject"]
+
+
+def assertion(private: keys.PrivateKey, kid: str, subject: str, audience: str, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": subject, "sub": subject, "aud": audience, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+    body.update(claims)
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, private, algorithm="ES256", headers={"kid": kid})
+
+
+def bearer_form(signed: str) -> dict[str, str]:
+    return {"grant_type": exchange.JWT_BEARER, "assertion": signed}
+
+
+def test_jwt_bearer_issues_once_per_assertion_and_checks_the_callers_address(
+    issuer_stack: IssuerStack, ns: str
+) -> None:
+    stack = issuer_stack
+    endpoint = f"{stack.issuer.url}/token"
+    apply(stack, tessera_account("worker", ns, allowedCIDRs=["127.0.0.0/8"], token={"audiences": ["ledger"]}))
+    ready(stack, ns, "serviceaccounts", "worker")
+    private, kid, subject = generated_key(stack, ns, "worker", "worker-key")
+    signed = assertion(private, kid, subject, endpoint)
+    status, answer = stack.issuer.token(bearer_form(signed))
+    assert status == 200, answer
+    claims = jwt.decode(answer["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == subject and claims["aud"] == "ledger" and claims["cidrs"] == ["127.0.0.0/8"]
+    assert claims["iss"] == stack.issuer.url and "issued_token_type" not in answer
+    status, answer = stack.issuer.token(bearer_form(signed))
+    assert (status, answer["error"]) == (400, "invalid_grant") and "replayed" in answer["error_description"]
+    # Outside the allow-list: no token, and the error says why.
+    apply(stack, tessera_account("worker", ns, allowedCIDRs=["10.0.0.0/8"], token={"audiences": ["ledger"]}))
+    status, answer = stack.issuer.token(bearer_form(assertion(private, kid, subject, endpoint)))
+    assert (status, answer["error"]) == (400, "invalid_grant") and "allowedCIDRs" in answer["error_description"]
+
+
+def test_no_token_once_an_account_is_disabled_or_deleted(issuer_stack: IssuerStack, ns: str) -> None:
+    stack = issuer_stack
+    subject_token = robot(stack, ns)
+    assert stack.issuer.token(exchange_form(subject_token))[0] == 200
+    stack.cluster.kubectl("patch", "tsa", "robot", "-n", ns, "--type=merge", "-p", '{"spec":{"disabled":true}}')
+    # The very next request is refused: the issuer reads the account consistently before it signs.
+    status, answer = stack.issuer.token(exchange_form(subject_token))
+    assert (status, answer["error"]) == (400, "invalid_grant") and "is disabled" in answer["error_description"]
+    stack.cluster.kubectl("patch", "tsa", "robot", "-n", ns, "--type=merge", "-p", '{"spec":{"disabled":false}}')
+    status, answer = stack.issuer.token(exchange_form(subject_token))
+    assert status == 200, answer
+    revoked_at = waiting.until(lambda: revocation(stack, f"urn:tessera:serviceaccount:{ns}:robot"), what="revocation")
+    assert jwt.decode(answer["access_token"], options={"verify_signature": False})["iat"] >= revoked_at
+    stack.cluster.kubectl("delete", "tsa", "robot", "-n", ns, "--wait=false")
+    status, answer = stack.issuer.token(exchange_form(subject_token))
+    assert (status, answer["error"]) == (400, "invalid_grant"), answer
+    assert "being deleted" in answer["error_description"] or "does not exist" in answer["error_description"]
+
+
+def revocation(stack: IssuerStack, subject: str) -> int | None:
+    data = stack.cluster.configmap_data(stack.namespace, "tessera-revocations")
+    for entry in json.loads(data.get("revocations.json", '{"revocations": []}'))["revocations"]:
+        if entry["subject"] == subject:
+            return int(datetime.datetime.fromisoformat(entry["notBefore"]).timestamp())
+    return None
+
+
+def test_a_token_bound_to_a_deleted_pod_is_refused(issuer_stack: IssuerStack, ns: str) -> None:
+    stack = issuer_stack
+    robot(stack, ns)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "worker", "namespace": ns},
+        "spec": {"serviceAccountName": "robot", "containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+    }
+    apply(stack, pod)
+    uid = stack.cluster.kubectl("get", "pod", "worker", "-n", ns, "-o", "jsonpath={.metadata.uid}").stdout
+    bound = kubernetes_token(
+        stack, ns, "robot", stack.issuer.url, "--bound-object-kind=Pod", "--bound-object-name=worker",
+        f"--bound-object-uid={uid}",
+    )  # fmt: skip
+    assert stack.issuer.token(exchange_form(bound))[0] == 200
+    stack.cluster.kubectl("delete", "pod", "worker", "-n", ns, "--grace-period=0", "--force")
+    # The API server checks the bound Pod through its own informer cache: refused once that has seen it go.
+    status, answer = waiting.until(
+        lambda: (found := stack.issuer.token(exchange_form(bound)))[0] != 200 and found,
+        timeout=30,
+        what="the exchange of a token bound to a deleted Pod to be refused",
+    )
+    assert (status, answer["error"]) == (400, "invalid_grant") and "did not accept" in answer["error_description"]
