@@ -132,3 +132,11 @@ def issuer_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
             if request.session.testsfailed > failed_before:
                 print(f"\n--- issuer log (tail) ---\n{issuer.logs()[-6000:]}")
                 print(f"\n--- operator log (tail) ---\n{operator.logs()[-4000:]}")
+
+
+@pytest.fixture
+def kit_ns(issuer_stack: IssuerStack) -> Iterator[str]:
+    """A fresh namespace on the issuer stack's cluster."""
+    name = create_namespace(issuer_stack.cluster, "iss")
+    yield name
+    issuer_stack.cluster.core.delete_namespace(name)
