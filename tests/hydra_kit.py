@@ -124,11 +124,31 @@ def running(folder: Path, user: str) -> Iterator[Hydra]:
         with log_path.open("wb") as log:
             cmd = [str(hydra.ensure()), "serve", "all", "--config", str(config(folder, public, admin, login, tls))]
             cmd += ["--sqa-opt-out"]
-            processes.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={"SQA_OPT_OUT": "true", "PATH": "/usr/bin:/bin"}))
-            login_cmd = [sys.executable, "-m", "tests.apps.login", str(login), f"https://127.0.0.1:{admin}", str(tls.ca), user]
+            processes.append(
+                subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env={"SQA_OPT_OUT": "true", "PATH": "/usr/bin:/bin"}
+                )
+            )
+            login_cmd = [
+                sys.executable,
+                "-m",
+                "tests.apps.login",
+                str(login),
+                f"https://127.0.0.1:{admin}",
+                str(tls.ca),
+                user,
+            ]
             login_cmd += [str(tls.cert), str(tls.key)]
             processes.append(subprocess.Popen(login_cmd, stdout=log, stderr=subprocess.STDOUT))
-        found = Hydra(f"https://127.0.0.1:{public}", f"https://127.0.0.1:{public}", f"https://127.0.0.1:{admin}", login, tls, processes, log_path)
+        found = Hydra(
+            f"https://127.0.0.1:{public}",
+            f"https://127.0.0.1:{public}",
+            f"https://127.0.0.1:{admin}",
+            login,
+            tls,
+            processes,
+            log_path,
+        )
 
         def up() -> bool:
             for process in processes:

@@ -32,7 +32,9 @@ async def _accept(request: web.Request, flow: str, body: dict[str, object]) -> w
                 "grant_access_token_audience": asked.get("requested_access_token_audience") or [],
                 "remember": False,
             }
-        async with session.put(f"{base}/accept", params={f"{flow}_challenge": challenge}, json=body, ssl=context) as put:
+        async with session.put(
+            f"{base}/accept", params={f"{flow}_challenge": challenge}, json=body, ssl=context
+        ) as put:
             accepted = await put.json()
     raise web.HTTPFound(accepted["redirect_to"])
 

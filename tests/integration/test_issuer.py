@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import subprocess
+import sys
 import time
 import uuid
 import urllib.request
@@ -170,7 +172,9 @@ def assertion(private: keys.PrivateKey, kid: str, subject: str, audience: str, *
     now = int(time.time())
     body = {"iss": subject, "sub": subject, "aud": audience, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
     body.update(claims)
-    return jwt.encode({k: v for k, v in body.items() if v is not None}, private, algorithm="ES256", headers={"kid": kid})
+    return jwt.encode(
+        {k: v for k, v in body.items() if v is not None}, private, algorithm="ES256", headers={"kid": kid}
+    )
 
 
 def bearer_form(signed: str) -> dict[str, str]:
@@ -243,10 +247,74 @@ def test_a_token_bound_to_a_deleted_pod_is_refused(issuer_stack: IssuerStack, ns
     )  # fmt: skip
     assert stack.issuer.token(exchange_form(bound))[0] == 200
     stack.cluster.kubectl("delete", "pod", "worker", "-n", ns, "--grace-period=0", "--force")
+
     # The API server checks the bound Pod through its own informer cache: refused once that has seen it go.
-    status, answer = waiting.until(
-        lambda: (found := stack.issuer.token(exchange_form(bound)))[0] != 200 and found,
-        timeout=30,
-        what="the exchange of a token bound to a deleted Pod to be refused",
-    )
+    def refused() -> tuple[int, dict[str, Any]] | None:
+        found = stack.issuer.token(exchange_form(bound))
+        return found if found[0] != 200 else None
+
+    status, answer = waiting.until(refused, timeout=30, what="the exchange of a token bound to a deleted Pod refused")
     assert (status, answer["error"]) == (400, "invalid_grant") and "did not accept" in answer["error_description"]
+
+
+# --- For a person at a terminal -----------------------------------------------------------------------
+
+
+def tessera(stack: IssuerStack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli", *args], input=stdin, capture_output=True, text=True, timeout=60,
+        env=stack.cluster.env(), check=False,
+    )  # fmt: skip
+
+
+def test_tessera_token_and_can_i(issuer_stack: IssuerStack, ns: str, tmp_path: Path) -> None:
+    stack = issuer_stack
+    remote = ["--issuer", stack.issuer.url, "--ca-file", str(stack.issuer.tls.ca)]
+    subject_token = robot(stack, ns, token={"audiences": ["ledger"]})
+    got = tessera(stack, "token", "exchange", *remote, "--audience", "ledger", stdin=subject_token)
+    assert got.returncode == 0, got.stderr
+    issued = got.stdout.strip()
+    decoded = tessera(stack, "token", "decode", *remote, "--audience", "ledger", stdin=issued)
+    assert decoded.returncode == 0 and "valid, expires in" in decoded.stdout, decoded.stdout
+    assert f'"sub": "urn:tessera:serviceaccount:{ns}:robot"' in decoded.stdout
+    wrong = tessera(stack, "token", "decode", *remote, "--audience", "payments", stdin=issued)
+    assert wrong.returncode == 1 and "invalid: wrong_audience" in wrong.stdout
+    refused = tessera(stack, "token", "exchange", *remote, "--audience", "payments", stdin=subject_token)
+    assert refused.returncode == 1 and "invalid_target" in refused.stderr and not refused.stdout
+
+    # JWT bearer from the command line, with a key the operator generated.
+    apply(stack, tessera_account("worker", ns))
+    ready(stack, ns, "serviceaccounts", "worker")
+    private, kid, subject = generated_key(stack, ns, "worker", "worker-key")
+    pem = tmp_path / "key.pem"
+    pem.write_text(keys.private_pem(private))
+    asserted = tessera(
+        stack, "token", "assert", *remote, "--private-key", str(pem), "--key-id", kid, "--subject", subject
+    )
+    assert asserted.returncode == 0, asserted.stderr
+    assert jwt.decode(asserted.stdout.strip(), options={"verify_signature": False})["sub"] == subject
+
+    # can-i: the sidecar's answer from the namespace's bundle, and the bindings behind it.
+    stack.cluster.kubectl("label", "namespace", ns, "iam.tessera.dev/trust-bundle=enabled")
+    role = {"apiVersion": "iam.tessera.dev/v1alpha1", "kind": "Role", "metadata": {"name": "ledger", "namespace": ns}}
+    apply(stack, {**role, "spec": {"permissions": ["shop.ledger.*"]}})
+    binding = {"roleRef": {"name": "ledger"}, "members": [{"serviceAccount": {"name": "worker"}}]}
+    apply(
+        stack,
+        {
+            "apiVersion": "iam.tessera.dev/v1alpha1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "w", "namespace": ns},
+            "spec": binding,
+        },
+    )
+
+    def granted() -> subprocess.CompletedProcess[str] | None:
+        done = tessera(stack, "can-i", subject, "shop.ledger.write", "-n", ns)
+        return done if done.returncode == 0 else None
+
+    yes = waiting.until(granted, what="can-i to say yes")
+    assert yes.stdout.startswith(f"yes: {subject} may shop.ledger.write in {ns} (from the namespace's trust bundle)")
+    assert f"granted by RoleBinding {ns}/w (Role ledger: shop.ledger.*)" in yes.stdout
+    no = tessera(stack, "can-i", subject, "shop.orders.write", "-n", ns)
+    assert no.returncode == 1 and no.stdout.startswith("no: ")

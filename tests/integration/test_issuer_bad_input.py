@@ -46,7 +46,11 @@ class World:
                 "apiVersion": "iam.tessera.dev/v1alpha1",
                 "kind": "IdentityProvider",
                 "metadata": {"name": self.provider_name},
-                "spec": {"issuer": PROVIDER_ISSUER + "/" + ns, "jwks": {"keys": [jwk]}, "audiences": [PROVIDER_AUDIENCE]},
+                "spec": {
+                    "issuer": PROVIDER_ISSUER + "/" + ns,
+                    "jwks": {"keys": [jwk]},
+                    "audiences": [PROVIDER_AUDIENCE],
+                },
             },
         )
         self.issuer_url = PROVIDER_ISSUER + "/" + ns

@@ -40,6 +40,7 @@ def provider(name: str, issuer: str, ca: str, **spec: Any) -> dict[str, Any]:
 
 def provider_status(stack: IssuerStack, name: str) -> dict[str, Any]:
     obj = stack.cluster.custom.get_cluster_custom_object("iam.tessera.dev", "v1alpha1", "identityproviders", name)
+    assert isinstance(obj, dict)
     return dict(obj.get("status") or {})
 
 
@@ -48,9 +49,25 @@ def ready_condition(stack: IssuerStack, name: str) -> dict[str, Any] | None:
 
 
 def bind(stack: IssuerStack, ns: str, role: str, permissions: list[str], issuer: str, subject: str) -> None:
-    kit.apply(stack, {"apiVersion": "iam.tessera.dev/v1alpha1", "kind": "Role", "metadata": {"name": role, "namespace": ns}, "spec": {"permissions": permissions}})
+    kit.apply(
+        stack,
+        {
+            "apiVersion": "iam.tessera.dev/v1alpha1",
+            "kind": "Role",
+            "metadata": {"name": role, "namespace": ns},
+            "spec": {"permissions": permissions},
+        },
+    )
     members = [{"user": {"issuer": issuer, "subject": subject}}]
-    kit.apply(stack, {"apiVersion": "iam.tessera.dev/v1alpha1", "kind": "RoleBinding", "metadata": {"name": role, "namespace": ns}, "spec": {"roleRef": {"name": role}, "members": members}})
+    kit.apply(
+        stack,
+        {
+            "apiVersion": "iam.tessera.dev/v1alpha1",
+            "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": ns},
+            "spec": {"roleRef": {"name": role}, "members": members},
+        },
+    )
 
 
 def test_hydra_users_get_exactly_what_their_bindings_grant(
@@ -59,7 +76,9 @@ def test_hydra_users_get_exactly_what_their_bindings_grant(
     stack, ns = issuer_stack, kit_ns
     name = f"hydra-{ns}"
     kit.apply(stack, provider(name, hydra.issuer, hydra.tls.ca.read_text()))
-    ready = waiting.until(lambda: (c := ready_condition(stack, name)) and c["status"] == "True" and c, what="provider Ready")
+    ready = waiting.until(
+        lambda: (c := ready_condition(stack, name)) and c["status"] == "True" and c, what="provider Ready"
+    )
     assert ready["reason"] == "KeysFetched"
     shown = provider_status(stack, name)
     assert shown["keyCount"] >= 1 and shown["lastFetchTime"] and shown["jwksURI"].startswith(hydra.issuer)
@@ -73,7 +92,9 @@ def test_hydra_users_get_exactly_what_their_bindings_grant(
     alice = f"user:{hydra.issuer}#alice"
 
     def bundle() -> str | None:
-        text = stack.cluster.configmap_data(ns, "tessera-trust-bundle").get("bundle.json") if _exists(stack, ns) else None
+        text = (
+            stack.cluster.configmap_data(ns, "tessera-trust-bundle").get("bundle.json") if _exists(stack, ns) else None
+        )
         grants = json.loads(text).get("grants", {}) if text else {}
         return text if alice in grants and f"user:{hydra.issuer}#{machine_id}" in grants else None
 
@@ -115,15 +136,21 @@ def test_hydra_users_get_exactly_what_their_bindings_grant(
 
 
 def _exists(stack: IssuerStack, ns: str) -> bool:
-    return bool(stack.cluster.core.list_namespaced_config_map(ns, field_selector="metadata.name=tessera-trust-bundle").items)
+    return bool(
+        stack.cluster.core.list_namespaced_config_map(ns, field_selector="metadata.name=tessera-trust-bundle").items
+    )
 
 
-def test_a_provider_whose_keys_cannot_be_fetched_is_not_ready_with_one_warning(issuer_stack: IssuerStack, kit_ns: str) -> None:
+def test_a_provider_whose_keys_cannot_be_fetched_is_not_ready_with_one_warning(
+    issuer_stack: IssuerStack, kit_ns: str
+) -> None:
     stack = issuer_stack
     name = f"gone-{kit_ns}"
     closed = harness.free_port()
     kit.apply(stack, provider(name, f"https://127.0.0.1:{closed}", "", jwksURI=f"https://127.0.0.1:{closed}/jwks"))
-    condition = waiting.until(lambda: (c := ready_condition(stack, name)) and c["status"] == "False" and c, what="not Ready")
+    condition = waiting.until(
+        lambda: (c := ready_condition(stack, name)) and c["status"] == "False" and c, what="not Ready"
+    )
     assert condition["reason"] == "KeysUnavailable" and f"127.0.0.1:{closed}" in condition["message"]
 
     def warnings() -> list[dict[str, Any]]:

@@ -73,13 +73,14 @@ def verify(
     key: keys.PublicKey,
     *,
     issuer: str,
-    audiences: Sequence[str],
+    audiences: Sequence[str] | None,
     leeway: int,
     required: Sequence[str] = ("exp", "iat", "iss", "sub"),
 ) -> dict[str, Any]:
     """Verify a JWT with ``key``. The algorithm is the one ``key``'s type signs with, never the header's
     (RFC 8725 section 3.1): a header naming another (``none``, HS256 with the public key as secret)
-    is refused before any signature check. Times are checked against the system clock."""
+    is refused before any signature check. Times are checked against the system clock; ``audiences``
+    None skips the audience check (for showing a token, never for accepting one)."""
     algorithm = keys.algorithm_for(key)
     header = unverified_header(token)
     if header.get("alg") != algorithm:
@@ -91,10 +92,10 @@ def verify(
             token,
             key,
             algorithms=[algorithm],
-            audience=list(audiences),
+            audience=list(audiences) if audiences is not None else None,
             issuer=issuer,
             leeway=leeway,
-            options={"require": list(required), "verify_aud": True, "verify_iss": True},
+            options={"require": list(required), "verify_aud": audiences is not None, "verify_iss": True},
         )
     except jwt.PyJWTError as exc:
         reason = reason_for(exc)
