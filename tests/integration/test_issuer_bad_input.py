@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the table reads best one case per line)
 """The token endpoint's answers to bad input, over real HTTPS: each case refused with its RFC 6749 /
 RFC 8693 error code and status, none answered with a 500, and no token or key in the issuer's log."""
 
