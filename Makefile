@@ -37,6 +37,10 @@ nginx: $(STAMP) ## Find or unpack (once, cached) Debian's nginx for the sidecar 
 helm: $(STAMP) ## Find or build (once, cached) helm for the chart tests; print its path
 	$(BIN)/python -m tessera.envtest.helm
 
+.PHONY: hydra
+hydra: $(STAMP) ## Find or build (once, cached) Ory Hydra for the issuer tests; print its path
+	$(BIN)/python -m tessera.envtest.hydra
+
 .PHONY: crds
 crds: $(STAMP) ## Generate crds/ from the pydantic models and copy them into the chart
 	$(BIN)/tessera crds --out crds
@@ -59,7 +63,7 @@ test-unit: $(STAMP) ## Unit tests only (no control plane)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: $(STAMP) control-plane nginx helm ## Unit and integration tests against a real local kube-apiserver + etcd
+test: $(STAMP) control-plane nginx helm hydra ## Unit and integration tests against a real local kube-apiserver + etcd
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 .PHONY: run

@@ -99,14 +99,16 @@ def start_issuer(
     log_path: Path,
     extra_env: dict[str, str] | None = None,
     kubeconfig: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> Issuer:
-    """``tessera issuer`` in a subprocess, ready once ``/readyz`` answers 200 over HTTPS."""
+    """``tessera issuer`` in a subprocess, ready once ``/readyz`` answers 200 over HTTPS. ``prefix`` goes
+    before the command (the benchmark pins it to one core with ``taskset``)."""
     url = f"https://127.0.0.1:{port}"
     env = issuer_env(cluster, namespace, url, extra_env)
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
     cmd = [
-        sys.executable, "-m", "tessera.cli", "issuer", "--listen", f"127.0.0.1:{port}",
+        *prefix, sys.executable, "-m", "tessera.cli", "issuer", "--listen", f"127.0.0.1:{port}",
         "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
     ]  # fmt: skip
     log = log_path.open("wb")

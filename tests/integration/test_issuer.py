@@ -318,3 +318,44 @@ def test_tessera_token_and_can_i(issuer_stack: IssuerStack, ns: str, tmp_path: P
     assert f"granted by RoleBinding {ns}/w (Role ledger: shop.ledger.*)" in yes.stdout
     no = tessera(stack, "can-i", subject, "shop.orders.write", "-n", ns)
     assert no.returncode == 1 and no.stdout.startswith("no: ")
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"issuer": "http://idp.example.com", "audiences": ["t"]}, "spec.issuer"),
+        ({"issuer": "https://idp.example.com", "audiences": []}, "spec.audiences"),
+        (
+            {
+                "issuer": "https://idp.example.com",
+                "audiences": ["t"],
+                "jwksURI": "https://idp.example.com/keys",
+                "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "k"}]},
+            },
+            "give jwksURI or jwks, not both",
+        ),
+        ({"issuer": "https://idp.example.com", "audiences": ["t"], "algorithms": ["HS256"]}, "spec.algorithms"),
+        ({"issuer": "https://idp.example.com", "audiences": ["t"], "refreshSeconds": 5}, "spec.refreshSeconds"),
+        (
+            {"issuer": "https://idp.example.com", "audiences": ["t"], "jwks": {"keys": [{"kty": "EC", "d": "AA"}]}},
+            "private key members",
+        ),
+    ],
+)
+def test_bad_identity_providers_are_refused_at_apply(
+    issuer_stack: IssuerStack, spec: dict[str, Any], says: str
+) -> None:
+    manifest = {
+        "apiVersion": "iam.tessera.dev/v1alpha1",
+        "kind": "IdentityProvider",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    done = issuer_stack.cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest), check=False)
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+
+
+def test_a_bad_kubernetes_service_account_name_is_refused_at_apply(issuer_stack: IssuerStack, ns: str) -> None:
+    manifest = tessera_account("robot", ns, kubernetesServiceAccount={"name": "Not_A_Name"})
+    done = issuer_stack.cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest), check=False)
+    assert done.returncode != 0 and "spec.kubernetesServiceAccount.name" in done.stderr, done.stderr
