@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import http.server
 import json
 import ssl
 import subprocess
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -168,3 +170,43 @@ def relying_cluster(
         cluster.kubectl("apply", "-f", str(harness.CRDS))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(harness.CRDS))
         yield cluster, plane
+
+
+class CountingJwks:
+    """An HTTPS OIDC discovery + JWKS server on loopback that counts the requests it answers."""
+
+    def __init__(self, tls: Tls, jwks: dict[str, Any]) -> None:
+        self.port = harness.free_port()
+        self.issuer = f"https://127.0.0.1:{self.port}"
+        self.requests = 0
+        self.jwks = jwks  # replace it to rotate the provider's keys
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                discovery = {"issuer": outer.issuer, "jwks_uri": f"{outer.issuer}/jwks"}
+                body = discovery if "well-known" in self.path else outer.jwks
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CountingJwks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
 import shutil
-import ssl
 import tempfile
-import threading
 import time
 import urllib.parse
 import uuid
@@ -51,46 +48,6 @@ def raw_sign_and_verify(count: int) -> float:
         public.verify(private.sign(data, algorithm), data, algorithm)
 
     return common.rate(both, count)
-
-
-class CountingJwks:
-    """An HTTPS OIDC discovery + JWKS server on loopback that counts the requests it answers."""
-
-    def __init__(self, tls: issuer_kit.Tls, jwks: dict[str, Any]) -> None:
-        self.port = harness.free_port()
-        self.issuer = f"https://127.0.0.1:{self.port}"
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests += 1
-                body = (
-                    {"issuer": outer.issuer, "jwks_uri": f"{outer.issuer}/jwks"} if "well-known" in self.path else jwks
-                )
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> CountingJwks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 async def _load(
@@ -208,7 +165,7 @@ def storm(
 ) -> dict[str, Any]:
     published = keys.generate("ES256")
     jwks = {"keys": [keys.public_jwk(published.public_key(), "published")]}
-    with CountingJwks(tls, jwks) as provider:
+    with issuer_kit.CountingJwks(tls, jwks) as provider:
         apply(cluster, provider_manifest("storm", provider.issuer, caBundle=tls.ca.read_text()))
         now = int(time.time())
         claims = {"iss": provider.issuer, "sub": "bob", "aud": AUDIENCE, "iat": now, "exp": now + 3600}

@@ -93,6 +93,9 @@ def private_cluster(tmp_path: Path) -> Iterator[Cluster]:
         plane.stop()
 
 
+REFETCH_SECONDS = 3
+
+
 @dataclasses.dataclass(frozen=True)
 class IssuerStack:
     """A control plane whose API server trusts the issuer, the operator and the issuer on it."""
@@ -120,7 +123,9 @@ def issuer_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
         namespace = create_namespace(cluster, "tessera-system")
         operator = start_operator(cluster, namespace, folder / "operator.log", extra_env={"TESSERA_ISSUER": url})
         try:
-            issuer = issuer_kit.start_issuer(cluster, namespace, port, tls, folder / "issuer.log")
+            # Unknown kids refetch at most every 3 s here (60 s by default), so a test can watch it happen.
+            fast = {"TESSERA_PROVIDER_REFETCH_SECONDS": str(REFETCH_SECONDS)}
+            issuer = issuer_kit.start_issuer(cluster, namespace, port, tls, folder / "issuer.log", fast)
         except BaseException:
             stop_operator(operator)
             raise

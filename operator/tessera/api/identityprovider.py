@@ -102,6 +102,7 @@ class IdentityProviderSpec(meta.Model):
     )
     token_ttl_seconds: int = pydantic.Field(
         default=DEFAULT_TOKEN_TTL_SECONDS,
+        alias="tokenTTLSeconds",
         ge=60,
         le=24 * 3600,
         description="Lifetime of its users' Tessera tokens (capped by the issuer's maximum and by the subject "
@@ -111,7 +112,8 @@ class IdentityProviderSpec(meta.Model):
         default=DEFAULT_REFRESH_SECONDS,
         ge=MIN_REFRESH_SECONDS,
         le=MAX_REFRESH_SECONDS,
-        description="How often its keys are fetched again. An unknown kid fetches sooner, at most once a minute.",
+        description="How often its keys are fetched again. A token with an unknown kid makes the issuer fetch "
+        "sooner, at most once a minute (TESSERA_PROVIDER_REFETCH_SECONDS).",
     )
     ca_bundle: str | None = pydantic.Field(
         default=None,

@@ -5,8 +5,8 @@ JWKS. Each usable key is tied to the one algorithm its type signs with, limited 
 allowed algorithms; keys for encryption, of other types or weaker than Tessera accepts are skipped
 and counted. Fetching is planned here and done by an adapter: a key set is fetched again every
 ``refreshSeconds``, and a token with an unknown ``kid`` may make it fetch sooner, but never more
-than once per :data:`UNKNOWN_KID_INTERVAL` per provider: a storm of made-up kids costs the provider
-at most one request a minute from each fetcher, on top of the schedule.
+than once per :data:`UNKNOWN_KID_INTERVAL` (``TESSERA_PROVIDER_REFETCH_SECONDS``) per provider: a storm
+of made-up kids costs the provider at most one fetch a minute from each fetcher, on top of the schedule.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 from tessera import errors
 from tessera.api import identityprovider as idp_api
-from tessera.core import assignments, conditions
+from tessera.core import assignments, conditions, settings
 from tessera.crypto import keys
 
-UNKNOWN_KID_INTERVAL = datetime.timedelta(seconds=60)
+UNKNOWN_KID_INTERVAL = datetime.timedelta(seconds=settings.PROVIDER_REFETCH_SECONDS)
 FAILED_RETRY = datetime.timedelta(seconds=30)  # the issuer retries a failed scheduled fetch after this
 MAX_DOCUMENT_BYTES = 256 * 1024
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -115,9 +115,11 @@ def refresh_due(
     return now if fetched_at is None else fetched_at + refresh
 
 
-def may_fetch_for_unknown_kid(last_attempt: datetime.datetime | None, now: datetime.datetime) -> bool:
-    """Whether a token with an unknown kid may trigger a fetch now (rate-limited per provider)."""
-    return last_attempt is None or now - last_attempt >= UNKNOWN_KID_INTERVAL
+def may_fetch_for_unknown_kid(
+    last_attempt: datetime.datetime | None, now: datetime.datetime, interval: datetime.timedelta = UNKNOWN_KID_INTERVAL
+) -> bool:
+    """Whether a token with an unknown kid may trigger a fetch now (at most once per ``interval`` per provider)."""
+    return last_attempt is None or now - last_attempt >= interval
 
 
 def user_principal(provider: idp_api.IdentityProviderSpec, subject: str) -> str:

@@ -180,7 +180,7 @@ async def serve(config: Config, cfg: settings.Settings) -> None:
         def clock() -> datetime.datetime:
             return datetime.datetime.now(datetime.UTC)
 
-        ctx = grants.Context(kube, cfg, held, providerkeys.Cache(session, clock), clock)
+        ctx = grants.Context(kube, cfg, held, providerkeys.Cache(session, clock, cfg.provider_refetch), clock)
         runner = web.AppRunner(app(ctx), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.listen[0], config.listen[1], ssl_context=tls_context(config))

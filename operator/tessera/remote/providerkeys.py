@@ -38,12 +38,25 @@ def _ssl(spec: idp_api.IdentityProviderSpec) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+async def _bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, but no more than ``limit`` bytes (``read(n)`` alone may return a first chunk only)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def _get_json(session: aiohttp.ClientSession, url: str, context: ssl.SSLContext) -> Any:
     try:
         async with session.get(url, ssl=context, allow_redirects=False, timeout=TIMEOUT) as response:
             if response.status != 200:
                 raise FetchError(f"GET {url} answered {response.status}")
-            body = await response.content.read(providers.MAX_DOCUMENT_BYTES + 1)
+            body = await _bounded(response.content, providers.MAX_DOCUMENT_BYTES + 1)
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if len(body) > providers.MAX_DOCUMENT_BYTES:
@@ -83,8 +96,13 @@ class _Entry:
 class Cache:
     """Provider keys by provider name, fetched on demand (see the module docstring). One event loop."""
 
-    def __init__(self, session: aiohttp.ClientSession, clock: Callable[[], datetime.datetime]) -> None:
-        self._session, self._clock = session, clock
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], datetime.datetime],
+        refetch: datetime.timedelta = providers.UNKNOWN_KID_INTERVAL,
+    ) -> None:
+        self._session, self._clock, self._refetch = session, clock, refetch
         self._entries: dict[str, _Entry] = {}
         self.fetches = 0
 
@@ -101,7 +119,9 @@ class Cache:
             now = self._clock()
             due = self._due(entry)
             retry = entry.attempted_at is None or now - entry.attempted_at >= providers.FAILED_RETRY
-            if (due and retry) or (found is None and providers.may_fetch_for_unknown_kid(entry.attempted_at, now)):
+            if (due and retry) or (
+                found is None and providers.may_fetch_for_unknown_kid(entry.attempted_at, now, self._refetch)
+            ):
                 await self._fetch(entry, now)
                 found = self._lookup(entry, kid)
         return found
