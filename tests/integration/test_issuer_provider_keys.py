@@ -1,4 +1,3 @@
-# ruff: noqa: E501
 """An identity provider's keys as the issuer fetches them: a token naming a kid it does not know makes
 it fetch again, but a storm of such tokens costs the provider at most one fetch per interval (3 s in
 these tests, TESSERA_PROVIDER_REFETCH_SECONDS; 60 s by default), counted at a real HTTPS JWKS server."""
