@@ -198,6 +198,7 @@ def check_assertion(claims: dict[str, Any], now: datetime.datetime, leeway: date
 
 
 def check_provider(provider: idp_api.IdentityProvider | None, issuer_url: str) -> idp_api.IdentityProvider:
+    """The provider, if its tokens may be exchanged now."""
     if provider is None:
         raise _grant_refused(f"issuer {issuer_url[:200]!r} is not a trusted identity provider")
     if provider.spec.disabled:

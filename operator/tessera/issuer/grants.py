@@ -12,6 +12,7 @@ from typing import Any
 
 from tessera.api import serviceaccount as sa_api
 from tessera.core import exchange, issuer, settings
+from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tessera.issuer import caches
 from tessera.kube import client, issuing
@@ -60,18 +61,18 @@ async def token_exchange(ctx: Context, request: exchange.Exchange, caller: str |
 
 
 async def _provider_token(ctx: Context, request: exchange.Exchange, iss: str) -> Issued:
-    cached = ctx.caches.provider_for(iss)
-    assert cached is not None
-    provider = exchange.check_provider(await issuing.read_provider(ctx.kube, cached.name), iss)
-    spec = provider.spec
+    """Verified against the cached provider first, so a forged token costs no API call; then the
+    provider is read consistently (disabled or deleted since?) before anything is signed."""
+    cached = exchange.check_provider(ctx.caches.provider_for(iss), iss)
+    spec = cached.spec
     try:
         kid = crypto_tokens.unverified_header(request.subject_token).get("kid")
         if not isinstance(kid, str):
             raise exchange.Refusal(exchange.INVALID_GRANT, "the subject token's header has no kid")
-        key = await ctx.provider_keys.key(provider.name, spec, kid)
+        key = await ctx.provider_keys.key(cached.name, spec, kid)
         if key is None:
             raise exchange.Refusal(
-                exchange.INVALID_GRANT, f"IdentityProvider {provider.name} has no signing key {kid[:80]!r}"
+                exchange.INVALID_GRANT, f"IdentityProvider {cached.name} has no signing key {kid[:80]!r}"
             )
         claims = crypto_tokens.verify(
             request.subject_token, key.public, issuer=spec.issuer, audiences=spec.audiences, leeway=ctx.leeway,
@@ -79,6 +80,11 @@ async def _provider_token(ctx: Context, request: exchange.Exchange, iss: str) ->
         )  # fmt: skip
     except crypto_tokens.Rejected as exc:
         raise _refused(exc, "the subject token") from exc
+    current = exchange.check_provider(await issuing.read_provider(ctx.kube, cached.name), iss)
+    if current.metadata.generation != cached.metadata.generation:
+        raise exchange.Refusal(
+            exchange.TEMPORARILY_UNAVAILABLE, f"IdentityProvider {cached.name} changed just now; try again", 503
+        )
     now = ctx.clock()
     principal = exchange.user_subject(spec, claims)
     aud = exchange.audiences_for(request.audiences, spec.token_audiences, ctx.cfg.default_audience)
@@ -105,7 +111,9 @@ async def _kubernetes_token(ctx: Context, request: exchange.Exchange, caller: st
 
 
 async def jwt_bearer(ctx: Context, request: exchange.Bearer, caller: str | None) -> Issued:
-    """An assertion signed by a ServiceAccountKey of the account it names (``iss = sub``)."""
+    """An assertion signed by a ServiceAccountKey of the account it names (``iss = sub``). Its signature
+    is checked with the cached key first, so a forged assertion costs no API call; the key and the
+    account are then read consistently before the jti is recorded and a token signed."""
     try:
         kid = crypto_tokens.unverified_header(request.assertion).get("kid")
         iss = crypto_tokens.unverified_claims(request.assertion).get("iss")
@@ -116,8 +124,7 @@ async def jwt_bearer(ctx: Context, request: exchange.Bearer, caller: str | None)
         raise exchange.Refusal(exchange.INVALID_GRANT, "the assertion's iss is not a Tessera ServiceAccount, or no kid")
     now = ctx.clock()
     named = ctx.caches.key_named(ref[0], kid)
-    key = await issuing.read_key(ctx.kube, *named) if named is not None else None
-    public = exchange.check_key(key, kid, iss, now)
+    public = exchange.check_key(ctx.caches.account_keys.get(*named) if named else None, kid, iss, now)
     try:
         claims = crypto_tokens.verify(
             request.assertion, public, issuer=iss, audiences=[exchange.token_endpoint(ctx.cfg), ctx.cfg.issuer],
@@ -128,6 +135,10 @@ async def jwt_bearer(ctx: Context, request: exchange.Bearer, caller: str | None)
     if claims.get("sub") != iss:
         raise exchange.Refusal(exchange.INVALID_GRANT, "the assertion's sub differs from its iss")
     jti = exchange.check_assertion(claims, now, ctx.cfg.clock_leeway)
+    assert named is not None
+    current = exchange.check_key(await issuing.read_key(ctx.kube, *named), kid, iss, now)
+    if keys.thumbprint(current) != keys.thumbprint(public):
+        raise exchange.Refusal(exchange.INVALID_GRANT, "the key changed just now")
     sa = exchange.check_account(await issuing.read_account(ctx.kube, *ref), caller)
     expires = datetime.datetime.fromtimestamp(float(claims["exp"]), datetime.UTC) + ctx.cfg.clock_leeway
     await issuing.remember_jti(ctx.kube, ctx.cfg.namespace, iss, jti, expires)
