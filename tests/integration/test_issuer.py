@@ -319,6 +319,24 @@ def test_tessera_token_and_can_i(issuer_stack: IssuerStack, ns: str, tmp_path: P
     no = tessera(stack, "can-i", subject, "shop.orders.write", "-n", ns)
     assert no.returncode == 1 and no.stdout.startswith("no: ")
 
+    # decode against the namespace's trust bundle, as the sidecar would: valid, then revoked.
+    def bundle_file(revoked: bool) -> Path | None:
+        text = stack.cluster.configmap_data(ns, "tessera-trust-bundle")["bundle.json"]
+        robot_subject = f"urn:tessera:serviceaccount:{ns}:robot"
+        if (robot_subject in {r["sub"] for r in json.loads(text)["revocations"]}) != revoked:
+            return None
+        path = tmp_path / f"bundle-{revoked}.json"
+        path.write_text(text)
+        return path
+
+    fresh = waiting.until(lambda: bundle_file(False), what="the bundle")
+    checked = tessera(stack, "token", "decode", "--bundle", str(fresh), "--audience", "ledger", stdin=issued)
+    assert checked.returncode == 0 and "valid, expires in" in checked.stdout, checked.stdout
+    stack.cluster.kubectl("patch", "tsa", "robot", "-n", ns, "--type=merge", "-p", '{"spec":{"disabled":true}}')
+    revoked = waiting.until(lambda: bundle_file(True), what="the revocation in the bundle")
+    checked = tessera(stack, "token", "decode", "--bundle", str(revoked), "--audience", "ledger", stdin=issued)
+    assert checked.returncode == 1 and "invalid: revoked" in checked.stdout, checked.stdout
+
 
 @pytest.mark.parametrize(
     ("spec", "says"),

@@ -18,7 +18,7 @@ import pytest
 
 from tessera.core import exchange
 from tessera.crypto import keys
-from tests import harness
+from tests import harness, waiting
 from tests.integration import test_issuer as kit
 from tests.integration.conftest import IssuerStack
 
@@ -61,8 +61,33 @@ class World:
         kit.ready(stack, ns, "serviceaccounts", "worker")
         self.private, self.account_kid, self.subject = kit.generated_key(stack, ns, "worker", "worker-key")
         self.endpoint = f"{stack.issuer.url}/token"
+        self.expired, self.expired_kid = self.client_key("expired-key", expiresAt="2020-01-01T00:00:00Z")
+        self.disabled, self.disabled_kid = self.client_key("disabled-key", disabled=True)
         self.used = kit.assertion(self.private, self.account_kid, self.subject, self.endpoint)
         assert stack.issuer.token(kit.bearer_form(self.used))[0] == 200
+
+    def client_key(self, name: str, **spec: Any) -> tuple[keys.PrivateKey, str]:
+        """A ServiceAccountKey of 'worker' with a client-supplied public key and ``spec``; its kid once registered."""
+        private = keys.generate("ES256")
+        body = {"serviceAccountName": "worker", "publicKey": {"pem": keys.public_pem(private.public_key())}, **spec}
+        kit.apply(
+            self.stack,
+            {
+                "apiVersion": "iam.tessera.dev/v1alpha1",
+                "kind": "ServiceAccountKey",
+                "metadata": {"name": name, "namespace": self.ns},
+                "spec": body,
+            },
+        )
+        kid = keys.thumbprint(private.public_key())
+        waiting.until(
+            lambda: (
+                self.stack.cluster.custom_object(self.ns, "serviceaccountkeys", name).get("status", {}).get("keyId")
+                == kid
+            ),
+            what=f"{name}'s status",
+        )
+        return private, kid
 
     def provider_token(self, **claims: Any) -> str:
         now = int(time.time())
@@ -131,6 +156,8 @@ CASES: list[tuple[str, Form, int, str, str]] = [
     ("assertion living an hour", lambda w: kit.bearer_form(kit.assertion(w.private, w.account_kid, w.subject, w.endpoint, exp=int(time.time()) + 3600)), 400, "invalid_grant", "short-lived"),
     ("assertion for another subject", lambda w: kit.bearer_form(kit.assertion(w.private, w.account_kid, f"urn:tessera:serviceaccount:{w.ns}:robot", w.endpoint)), 400, "invalid_grant", "belongs to another account"),
     ("assertion signed by another key", lambda w: kit.bearer_form(kit.assertion(keys.generate("ES256"), w.account_kid, w.subject, w.endpoint)), 400, "invalid_grant", "bad_signature"),
+    ("assertion signed by an expired key", lambda w: kit.bearer_form(kit.assertion(w.expired, w.expired_kid, w.subject, w.endpoint)), 400, "invalid_grant", "expired at"),
+    ("assertion signed by a disabled key", lambda w: kit.bearer_form(kit.assertion(w.disabled, w.disabled_kid, w.subject, w.endpoint)), 400, "invalid_grant", "is disabled"),
     ("missing assertion", lambda w: {"grant_type": exchange.JWT_BEARER}, 400, "invalid_request", "assertion is missing"),
     ("oversized body", lambda w: {**kit.exchange_form(w.k8s_token), "padding": "x" * 20000}, 413, "invalid_request", "larger than"),
     ("non-ASCII body", lambda w: b"grant_type=\xff\xfe", 400, "invalid_request", "not a form"),
