@@ -180,11 +180,15 @@ class CountingJwks:
         self.issuer = f"https://127.0.0.1:{self.port}"
         self.requests = 0
         self.jwks = jwks  # replace it to rotate the provider's keys
+        self.failing = False  # answer 500 while set
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.requests += 1
+                if outer.failing:
+                    self.send_error(500)
+                    return
                 discovery = {"issuer": outer.issuer, "jwks_uri": f"{outer.issuer}/jwks"}
                 body = discovery if "well-known" in self.path else outer.jwks
                 data = json.dumps(body).encode()

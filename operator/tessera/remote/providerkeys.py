@@ -38,6 +38,18 @@ def _ssl(spec: idp_api.IdentityProviderSpec) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def _describe(exc: Exception) -> str:
+    """A stable description of a failed request: the same failure gives the same words, so the status
+    and its Warning change only when the failure does (aiohttp's own messages hold object addresses)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+        return "the provider's TLS certificate is not trusted (see spec.caBundle)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.strerror or type(exc.os_error).__name__})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {TIMEOUT.total:.0f} s"
+    return type(exc).__name__
+
+
 async def _bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
     """The whole body, but no more than ``limit`` bytes (``read(n)`` alone may return a first chunk only)."""
     chunks: list[bytes] = []
@@ -58,7 +70,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, context: ssl.SSLCo
                 raise FetchError(f"GET {url} answered {response.status}")
             body = await _bounded(response.content, providers.MAX_DOCUMENT_BYTES + 1)
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
-        raise FetchError(f"GET {url} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise FetchError(f"GET {url} failed: {_describe(exc)}") from exc
     if len(body) > providers.MAX_DOCUMENT_BYTES:
         raise FetchError(f"GET {url}: the document is larger than {providers.MAX_DOCUMENT_BYTES} bytes")
     try:
