@@ -5,6 +5,7 @@ bearer assertions (replay, allowedCIDRs), refusals of disabled and deleted princ
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import json
 import subprocess
@@ -377,3 +378,31 @@ def test_a_bad_kubernetes_service_account_name_is_refused_at_apply(issuer_stack:
     manifest = tessera_account("robot", ns, kubernetesServiceAccount={"name": "Not_A_Name"})
     done = issuer_stack.cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest), check=False)
     assert done.returncode != 0 and "spec.kubernetesServiceAccount.name" in done.stderr, done.stderr
+
+
+def test_two_replicas_serve_and_share_replay_protection(issuer_stack: IssuerStack, ns: str, tmp_path: Path) -> None:
+    """A second issuer process for the same issuer URL serves on its own, and one assertion sent to both
+    replicas at once is honoured exactly once."""
+    stack = issuer_stack
+    port = harness.free_port()
+    url = {"TESSERA_ISSUER": stack.issuer.url, "TESSERA_PROVIDER_REFETCH_SECONDS": "3"}
+    second = issuer_kit.start_issuer(
+        stack.cluster, stack.namespace, port, stack.issuer.tls, tmp_path / "second.log", url
+    )
+    try:
+        assert second.get_json("/.well-known/openid-configuration") == stack.issuer.get_json(
+            "/.well-known/openid-configuration"
+        )
+        assert second.get_json("/jwks") == stack.issuer.get_json("/jwks")
+        apply(stack, tessera_account("worker", ns))
+        ready(stack, ns, "serviceaccounts", "worker")
+        private, kid, subject = generated_key(stack, ns, "worker", "worker-key")
+        for _ in range(5):
+            signed = assertion(private, kid, subject, f"{stack.issuer.url}/token")
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(lambda replica: replica.token(bearer_form(signed)), (stack.issuer, second)))
+            assert sorted(status for status, _ in answers) == [200, 400], answers
+            refused = next(answer for status, answer in answers if status == 400)
+            assert refused["error"] == "invalid_grant" and "replayed" in refused["error_description"]
+    finally:
+        harness.stop_process(second.process)
