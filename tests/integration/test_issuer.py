@@ -398,9 +398,9 @@ def test_two_replicas_serve_and_share_replay_protection(issuer_stack: IssuerStac
         ready(stack, ns, "serviceaccounts", "worker")
         private, kid, subject = generated_key(stack, ns, "worker", "worker-key")
         for _ in range(5):
-            signed = assertion(private, kid, subject, f"{stack.issuer.url}/token")
+            form = bearer_form(assertion(private, kid, subject, f"{stack.issuer.url}/token"))
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                answers = list(pool.map(lambda replica: replica.token(bearer_form(signed)), (stack.issuer, second)))
+                answers = list(pool.map(lambda replica, form=form: replica.token(form), (stack.issuer, second)))
             assert sorted(status for status, _ in answers) == [200, 400], answers
             refused = next(answer for status, answer in answers if status == 400)
             assert refused["error"] == "invalid_grant" and "replayed" in refused["error_description"]
