@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -63,44 +64,39 @@ async def review(kube: client.Clients, token: str, audience: str) -> Reviewed:
     return Reviewed(namespace, name, pods[0])
 
 
-async def read_account(kube: client.Clients, namespace: str, name: str) -> exchange.Account:
-    """A consistent (quorum) read of a Tessera ServiceAccount: never older than a stored revocation."""
-    what = f"reading ServiceAccount {namespace}/{name}"
+async def _get(kube: client.Clients, what: str, getter: Callable[..., Any], *where: str) -> dict[str, Any] | None:
+    """A Tessera object by a consistent (quorum) read, or None when it does not exist."""
     try:
-        raw = await client.call(
-            what,
-            kube.custom.get_namespaced_custom_object,
-            meta.GROUP,
-            meta.VERSION,
-            namespace,
-            sa_api.INFO.plural,
-            name,
-        )
+        return kube.to_dict(await client.call(what, getter, meta.GROUP, meta.VERSION, *where))
     except errors.NotFound:
+        return None
+
+
+def _deleting(body: dict[str, Any]) -> bool:
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+async def read_account(kube: client.Clients, namespace: str, name: str) -> exchange.Account:
+    """A consistent read of a Tessera ServiceAccount: never older than a stored revocation."""
+    what, plural = f"reading ServiceAccount {namespace}/{name}", sa_api.INFO.plural
+    body = await _get(kube, what, kube.custom.get_namespaced_custom_object, namespace, plural, name)
+    if body is None:
         return exchange.Account(None, (namespace, name))
-    body = kube.to_dict(raw)
-    deleting = bool((body.get("metadata") or {}).get("deletionTimestamp"))
-    return exchange.Account(sa_api.ServiceAccount.parse(body), (namespace, name), deleting)
+    return exchange.Account(sa_api.ServiceAccount.parse(body), (namespace, name), _deleting(body))
 
 
 async def read_key(kube: client.Clients, namespace: str, name: str) -> sak_api.ServiceAccountKey | None:
-    what = f"reading ServiceAccountKey {namespace}/{name}"
-    try:
-        raw = await client.call(
-            what,
-            kube.custom.get_namespaced_custom_object,
-            meta.GROUP,
-            meta.VERSION,
-            namespace,
-            sak_api.INFO.plural,
-            name,
-        )
-    except errors.NotFound:
-        return None
-    body = kube.to_dict(raw)
-    if (body.get("metadata") or {}).get("deletionTimestamp"):
-        return None
-    return sak_api.ServiceAccountKey.parse(body)
+    """A consistent read of a ServiceAccountKey (None when deleted or being deleted)."""
+    what, plural = f"reading ServiceAccountKey {namespace}/{name}", sak_api.INFO.plural
+    body = await _get(kube, what, kube.custom.get_namespaced_custom_object, namespace, plural, name)
+    return sak_api.ServiceAccountKey.parse(body) if body is not None and not _deleting(body) else None
+
+
+async def read_provider(kube: client.Clients, name: str) -> idp_api.IdentityProvider | None:
+    """A consistent read of an IdentityProvider (None when deleted or being deleted)."""
+    what, plural = f"reading IdentityProvider {name}", idp_api.INFO.plural
+    body = await _get(kube, what, kube.custom.get_cluster_custom_object, plural, name)
+    return idp_api.IdentityProvider.parse(body) if body is not None and not _deleting(body) else None
 
 
 def _jti_lease(namespace: str, subject: str, jti: str, expires: datetime.datetime) -> dict[str, Any]:
@@ -152,22 +148,3 @@ async def sweep_jtis(kube: client.Clients, namespace: str, now: datetime.datetim
             except errors.NotFound:
                 pass
     return removed
-
-
-async def read_provider(kube: client.Clients, name: str) -> idp_api.IdentityProvider | None:
-    """A consistent read of an IdentityProvider (None when deleted or being deleted)."""
-    try:
-        raw = await client.call(
-            f"reading IdentityProvider {name}",
-            kube.custom.get_cluster_custom_object,
-            meta.GROUP,
-            meta.VERSION,
-            idp_api.INFO.plural,
-            name,
-        )
-    except errors.NotFound:
-        return None
-    body = kube.to_dict(raw)
-    if (body.get("metadata") or {}).get("deletionTimestamp"):
-        return None
-    return idp_api.IdentityProvider.parse(body)
