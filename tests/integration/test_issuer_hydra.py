@@ -6,6 +6,7 @@ status and events, a disabled provider and one whose keys cannot be fetched."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,24 @@ def test_hydra_users_get_exactly_what_their_bindings_grant(
         assert call("machine", "GET", "/orders/7") == 403
         seen = request(port, "GET", "/orders/7", {"Authorization": f"Bearer {tokens['alice']}"}).json()
         assert seen["subject"] == [alice]
+
+        # "alice" at another provider is another person: exchanged, but granted nothing here.
+        other_key, other_issuer = keys.generate("ES256"), f"https://other-idp.example.com/{ns}"
+        other = {"jwks": {"keys": [keys.public_jwk(other_key.public_key(), "o")]}}
+        kit.apply(stack, provider(f"other-{ns}", other_issuer, hydra.tls.ca.read_text(), **other))
+        now = int(time.time())
+        claims = {"iss": other_issuer, "sub": "alice", "aud": hydra_kit.EXCHANGE_AUDIENCE, "exp": now + 300}
+        namesake = jwt.encode(claims, other_key, "ES256", {"kid": "o"})
+
+        def exchanged() -> str | None:
+            status, answer = stack.issuer.token(kit.exchange_form(namesake, audience=AUDIENCE))
+            return str(answer["access_token"]) if status == 200 else None
+
+        tokens["namesake"] = waiting.until(exchanged, what="the other provider's alice exchanged")
+        assert (
+            jwt.decode(tokens["namesake"], options={"verify_signature": False})["sub"] == f"user:{other_issuer}#alice"
+        )
+        assert call("namesake", "GET", "/orders/7") == 403
     finally:
         sidecar.stop()
         echo.stop()
