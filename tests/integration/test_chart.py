@@ -104,6 +104,9 @@ BAD_VALUES = [
     ("image.tag=latest", "at '/image/tag': 'not' failed"),
     ("watchNamespaces={Shop}", "at '/watchNamespaces/0': 'Shop' does not match pattern"),
     ("signingAlgoritm=ES256", "additional properties 'signingAlgoritm' not allowed"),
+    ("issuerService.replicas=0", "at '/issuerService/replicas': minimum: got 0, want 1"),
+    ("issuerService.service.type=Ingress", "at '/issuerService/service/type': value must be one of"),
+    ("issuerService.tls.secretName=Bad_Name", "at '/issuerService/tls/secretName': 'Bad_Name' does not match pattern"),
 ]
 
 
@@ -126,7 +129,12 @@ def test_rendered_chart_passes_a_server_side_dry_run(private_cluster: Cluster, t
     cluster.kubectl("apply", "-f", str(CHART / "crds"))  # what `helm install` does first
     for namespace in (HOME, *TENANTS):
         cluster.kubectl("create", "namespace", namespace)
-    variants = [(), ("--set", "replicas=2"), ("--set", "replicas=2", "--set", "watchNamespaces={shop,tenant-a}")]
+    variants = [
+        (),
+        ("--set", "replicas=2"),
+        ("--set", "replicas=2", "--set", "watchNamespaces={shop,tenant-a}"),
+        ("--set", "issuerService.enabled=false"),
+    ]
     for extra in variants:
         rendered = run_helm("template", RELEASE, str(CHART), "-n", HOME, *extra).stdout
         applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered)
