@@ -246,7 +246,11 @@ def the_examples_work(cluster: Cluster) -> None:
     for namespace in TENANTS:
         waiting.until(functools.partial(bundle, cluster, namespace), what=f"the trust bundle in {namespace}")
     waiting.until(lambda: BILLING in ((bundle(cluster, "tenant-a") or {}).get("grants") or {}), what="grants")
-    assert len((bundle(cluster, "shop") or {})["serviceAccountKeys"]["keys"]) == 2
+    # The keys reach the bundle a publishing round after they are Ready: wait, do not assume.
+    waiting.until(
+        lambda: len((bundle(cluster, "shop") or {}).get("serviceAccountKeys", {}).get("keys", [])) == 2,
+        what="both keys in shop's trust bundle",
+    )
     # Bad input gets a Warning event; a namespace that opts out loses its bundle.
     apply(cluster, "shop", SAK, "orphan", {"serviceAccountName": "nobody", "generate": {"algorithm": "ES256"}})
     waiting.until(lambda: warnings(cluster, "shop", "ServiceAccountNotFound", "orphan"), what="a Warning event")
