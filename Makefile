@@ -49,6 +49,10 @@ nginx: $(STAMP) ## Find or unpack (once, cached) Debian's nginx for the sidecar 
 helm: $(STAMP) ## Find or build (once, cached) helm for the chart tests; print its path
 	$(BIN)/python -m tessera.envtest.helm
 
+.PHONY: hydra
+hydra: $(STAMP) ## Find or build (once, cached) Ory Hydra for the issuer tests; print its path
+	$(BIN)/python -m tessera.envtest.hydra
+
 .PHONY: crds
 crds: $(STAMP) ## Generate crds/ from the pydantic models and copy them into the chart
 	$(BIN)/tessera crds --out crds
@@ -74,7 +78,7 @@ test-unit: $(STAMP) ## Unit tests only (no control plane)
 test: test-integration e2e ## Every test: unit, integration (API server), end-to-end (a real node; root)
 
 .PHONY: test-integration
-test-integration: $(STAMP) control-plane nginx helm ## Unit and integration tests against a real local kube-apiserver + etcd
+test-integration: $(STAMP) control-plane nginx helm hydra ## Unit and integration tests against a real local kube-apiserver + etcd
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: node-binaries

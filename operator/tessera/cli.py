@@ -66,6 +66,101 @@ def _sidecar(args: argparse.Namespace) -> int:
     return server.run(config)
 
 
+def _issuer(args: argparse.Namespace) -> int:
+    from tessera.issuer import server
+    from tessera.sidecar import server as sidecar_server
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("tessera issuer: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    config = server.Config(
+        listen=sidecar_server.parse_listen(args.listen),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+    )
+    return server.run(config)
+
+
+def _add_issuer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    import os
+
+    iss = sub.add_parser(
+        "issuer",
+        help="serve OIDC discovery, the JWKS and the token endpoint over HTTPS",
+        description="The issuer service: every replica serves alone, reading keys, accounts, providers and "
+        "revocations from the API server. Settings: the operator's TESSERA_* variables (TESSERA_ISSUER, "
+        "TESSERA_NAMESPACE, TESSERA_KUBERNETES_AUDIENCE, ...).",
+    )
+    iss.add_argument("--listen", default=os.environ.get("TESSERA_ISSUER_LISTEN", "0.0.0.0:8443"), help="address")
+    iss.add_argument("--tls-cert", default=os.environ.get("TESSERA_ISSUER_TLS_CERT"), help="PEM certificate chain")
+    iss.add_argument("--tls-key", default=os.environ.get("TESSERA_ISSUER_TLS_KEY"), help="PEM private key")
+    iss.set_defaults(func=_issuer)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from tessera import errors
+    from tessera.client import token
+
+    remote = token.Remote(args.issuer, Path(args.ca_file) if args.ca_file else None) if args.issuer else None
+    try:
+        if args.action == "decode":
+            return token.decode(
+                token.read_token(args.token), remote, args.bundle and Path(args.bundle), args.audience, sys.stdout
+            )
+        if remote is None:
+            raise errors.ConfigError("--issuer is needed to get a token")
+        if args.action == "exchange":
+            return token.exchange_token(
+                remote, token.read_token(args.subject_token_file), args.audience_list, sys.stdout, sys.stderr
+            )
+        return token.assert_and_exchange(
+            remote, Path(args.private_key), args.key_id, args.subject, args.audience_list, sys.stdout, sys.stderr
+        )
+    except (errors.TesseraError, OSError, ValueError) as exc:
+        print(f"tessera token: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tok = sub.add_parser("token", help="get a Tessera token from the issuer, or decode and check one")
+    actions = tok.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--issuer", help="the issuer URL (https), e.g. https://tessera.example.com")
+    common.add_argument("--ca-file", help="PEM CA bundle to trust for the issuer (default: the system's)")
+    ex = actions.add_parser("exchange", parents=[common], help="exchange a provider's or Kubernetes token (RFC 8693)")
+    ex.add_argument("subject_token_file", nargs="?", help="file holding the token; '-' or nothing: stdin")
+    ex.add_argument("--audience", dest="audience_list", action="append", default=[], help="aud to ask for (repeatable)")
+    sa = actions.add_parser("assert", parents=[common], help="sign a JWT-bearer assertion with a ServiceAccountKey")
+    sa.add_argument("--private-key", required=True, help="the key's PKCS#8 PEM private key")
+    sa.add_argument("--key-id", required=True, help="its kid (the ServiceAccountKey's status.keyId)")
+    sa.add_argument("--subject", required=True, help="the account's subject, urn:tessera:serviceaccount:<ns>:<name>")
+    sa.add_argument("--audience", dest="audience_list", action="append", default=[], help="aud to ask for (repeatable)")
+    de = actions.add_parser("decode", parents=[common], help="print a token's claims and what is wrong with it")
+    de.add_argument("token", nargs="?", help="file holding the token; '-' or nothing: stdin")
+    de.add_argument("--bundle", help="verify against this trust bundle file (bundle.json) instead of --issuer")
+    de.add_argument("--audience", help="the audience it must carry")
+    tok.set_defaults(func=_token)
+
+
+def _can_i(args: argparse.Namespace) -> int:
+    from tessera.client import access
+
+    return access.run(args.principal, args.permission, args.namespace)
+
+
+def _add_can_i(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ci = sub.add_parser(
+        "can-i",
+        help="would the sidecar allow a principal a permission in a namespace, and which RoleBindings grant it",
+        description="Principals as in trust bundles: urn:tessera:serviceaccount:<ns>:<name>, or "
+        "user:<issuer>#<subject>. Exit 0 for yes, 1 for no.",
+    )
+    ci.add_argument("principal")
+    ci.add_argument("permission", help="namespace.resource.verb")
+    ci.add_argument("-n", "--namespace", required=True)
+    ci.set_defaults(func=_can_i)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     import os
 
@@ -150,6 +245,9 @@ def parser() -> argparse.ArgumentParser:
     crds.set_defaults(func=_crds)
     _add_keygen(sub)
     _add_sidecar(sub)
+    _add_issuer(sub)
+    _add_token(sub)
+    _add_can_i(sub)
     return top
 
 

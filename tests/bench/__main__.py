@@ -8,6 +8,8 @@
 - disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
 - grants at scale (:mod:`tests.bench.grants_scale`): 10,000 RoleBindings over 2,000 principals.
 - the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
+- the issuer service (:mod:`tests.bench.issuer`): token exchanges on one core next to raw sign + verify;
+  requests reaching an identity provider during an unknown-kid storm.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
 from tests.bench import common, grants_scale, sidecar
+from tests.bench import issuer as issuer_service
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -246,11 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sidecar-count", type=int, default=2000, help="tokens per sidecar verify figure")
     parser.add_argument("--sidecar-concurrency", type=int, default=32, help="connections of the HTTP load")
     parser.add_argument("--sidecar-seconds", type=float, default=10.0, help="length of each HTTP load run")
+    parser.add_argument("--issuer-seconds", type=float, default=10.0, help="length of each token endpoint load")
+    parser.add_argument("--issuer-concurrency", type=int, default=16, help="connections of the token endpoint load")
+    parser.add_argument("--storm-seconds", type=float, default=90.0, help="length of the unknown-kid storm")
     parser.add_argument(
-        "--only", choices=("crypto", "cluster", "grants", "sidecar"), action="append", help="run only these"
+        "--only", choices=("crypto", "cluster", "grants", "sidecar", "issuer"), action="append", help="run only these"
     )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "grants", "sidecar"))
+    only = set(args.only or ("crypto", "cluster", "grants", "sidecar", "issuer"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -261,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         results["cluster"] = cluster_bench(args.sequential, args.burst)
     if "sidecar" in only:
         results["sidecar"] = sidecar.sidecar_bench(args.sidecar_count, args.sidecar_concurrency, args.sidecar_seconds)
+    if "issuer" in only:
+        results["issuer"] = issuer_service.issuer_bench(
+            args.issuer_seconds, args.issuer_concurrency, args.storm_seconds, args.crypto_count
+        )
     if "grants" in only:
         results["grants"] = grants_scale.grants_bench(args.bindings, args.principals, args.tenants, args.changes)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -7,11 +7,15 @@ README says stays.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime
 import functools
 import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,25 @@ import jwt
 import kubernetes
 import pytest
 import yaml
+from cryptography import x509
 
-from tessera.core import settings
+from tessera.core import exchange, settings
+from tessera.crypto import keys
 from tessera.envtest import helm
-from tests import waiting
-from tests.harness import EXAMPLES, ROOT, Cluster, Operator, client_for, start_operator, stop_operator
+from tessera.kube import client as kube_client
+from tessera.kube import issuing
+from tests import issuer_kit, waiting
+from tests.harness import (
+    EXAMPLES,
+    ROOT,
+    Cluster,
+    Operator,
+    client_for,
+    free_port,
+    start_operator,
+    stop_operator,
+    stop_process,
+)
 from tests.resources import SA, SAK, apply, bundle, condition, reason_is, token_in, warnings
 
 CHART = ROOT / "charts" / "tessera"
@@ -86,6 +104,9 @@ BAD_VALUES = [
     ("image.tag=latest", "at '/image/tag': 'not' failed"),
     ("watchNamespaces={Shop}", "at '/watchNamespaces/0': 'Shop' does not match pattern"),
     ("signingAlgoritm=ES256", "additional properties 'signingAlgoritm' not allowed"),
+    ("issuerService.replicas=0", "at '/issuerService/replicas': minimum: got 0, want 1"),
+    ("issuerService.service.type=Ingress", "at '/issuerService/service/type': value must be one of"),
+    ("issuerService.tls.secretName=Bad_Name", "at '/issuerService/tls/secretName': 'Bad_Name' does not match pattern"),
 ]
 
 
@@ -108,7 +129,12 @@ def test_rendered_chart_passes_a_server_side_dry_run(private_cluster: Cluster, t
     cluster.kubectl("apply", "-f", str(CHART / "crds"))  # what `helm install` does first
     for namespace in (HOME, *TENANTS):
         cluster.kubectl("create", "namespace", namespace)
-    variants = [(), ("--set", "replicas=2"), ("--set", "replicas=2", "--set", "watchNamespaces={shop,tenant-a}")]
+    variants = [
+        (),
+        ("--set", "replicas=2"),
+        ("--set", "replicas=2", "--set", "watchNamespaces={shop,tenant-a}"),
+        ("--set", "issuerService.enabled=false"),
+    ]
     for extra in variants:
         rendered = run_helm("template", RELEASE, str(CHART), "-n", HOME, *extra).stdout
         applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered)
@@ -118,23 +144,23 @@ def test_rendered_chart_passes_a_server_side_dry_run(private_cluster: Cluster, t
 # --- install, run, upgrade, uninstall ---------------------------------------------------------------
 
 
-def operator_identity(cluster: Cluster, folder: Path) -> Cluster:
-    """A cluster handle authenticated as the chart's Kubernetes ServiceAccount, with a token from the
-    TokenRequest API: what the operator Pod gets, so RBAC sees exactly the chart's subject."""
-    token = cluster.kubectl("create", "token", RELEASE, "-n", HOME, "--duration=1h").stdout.strip()
+def operator_identity(cluster: Cluster, folder: Path, account: str = RELEASE) -> Cluster:
+    """A cluster handle authenticated as the chart's Kubernetes ServiceAccount ``account``, with a token
+    from the TokenRequest API: what the Pod gets, so RBAC sees exactly the chart's subject."""
+    token = cluster.kubectl("create", "token", account, "-n", HOME, "--duration=1h").stdout.strip()
     assert cluster.kubeconfig is not None
     config = json.loads(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": RELEASE, "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = RELEASE
-    path = folder / "operator.kubeconfig"
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = account
+    path = folder / f"{account}.kubeconfig"
     path.write_text(json.dumps(config))
     api = client_for(path)
     core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
     return Cluster(path, cluster.kubectl_path, core, custom, api, garbage_collected=False)
 
 
-def deployment_in(manifest: list[dict[str, Any]]) -> dict[str, Any]:
-    [deployment] = [d for d in manifest if d["kind"] == "Deployment"]
+def deployment_in(manifest: list[dict[str, Any]], name: str = RELEASE) -> dict[str, Any]:
+    [deployment] = [d for d in manifest if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
     return deployment
 
 
@@ -220,7 +246,11 @@ def the_examples_work(cluster: Cluster) -> None:
     for namespace in TENANTS:
         waiting.until(functools.partial(bundle, cluster, namespace), what=f"the trust bundle in {namespace}")
     waiting.until(lambda: BILLING in ((bundle(cluster, "tenant-a") or {}).get("grants") or {}), what="grants")
-    assert len((bundle(cluster, "shop") or {})["serviceAccountKeys"]["keys"]) == 2
+    # The keys reach the bundle a publishing round after they are Ready: wait, do not assume.
+    waiting.until(
+        lambda: len((bundle(cluster, "shop") or {}).get("serviceAccountKeys", {}).get("keys", [])) == 2,
+        what="both keys in shop's trust bundle",
+    )
     # Bad input gets a Warning event; a namespace that opts out loses its bundle.
     apply(cluster, "shop", SAK, "orphan", {"serviceAccountName": "nobody", "generate": {"algorithm": "ES256"}})
     waiting.until(lambda: warnings(cluster, "shop", "ServiceAccountNotFound", "orphan"), what="a Warning event")
@@ -313,3 +343,89 @@ def test_install_run_upgrade_uninstall(private_cluster: Cluster, tmp_path: Path,
     examples = set(TENANTS)  # what the examples made there is the user's, not the chart's
     stray = {o for o in after - before if o[2] not in examples and not (o[1] == "Namespace" and o[3] in examples)}
     assert stray == KEPT, f"unexpected: {sorted(stray - KEPT)}; missing: {sorted(KEPT - stray)}"
+
+
+# --- the issuer service ------------------------------------------------------------------------------
+
+
+def test_issuer_runs_with_the_charts_identity(
+    private_cluster: Cluster, tmp_path: Path, operators: list[Operator]
+) -> None:
+    """``tessera issuer`` with the issuer Deployment's arguments and environment, as the chart's issuer
+    ServiceAccount: it exchanges a Kubernetes token, honours a JWT-bearer assertion once, sweeps the
+    assertion ids, and is refused everything else."""
+    cluster, run_helm = private_cluster, Helm(tmp_path / "helm", private_cluster)
+    run_helm("install", RELEASE, str(CHART), "-n", HOME, "--create-namespace", *FAST)
+    installed = run_helm.manifest()
+    operators.append(run_as_chart(cluster, operator_identity(cluster, tmp_path), installed, tmp_path / "operator.log"))
+    identity = operator_identity(cluster, tmp_path, f"{RELEASE}-issuer")
+
+    [container] = deployment_in(installed, f"{RELEASE}-issuer")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["tessera"] and container["args"][0] == "issuer"
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["TESSERA_ISSUER"] == ISSUER and env["TESSERA_KUBERNETES_AUDIENCE"] == ISSUER
+    chart_tls(cluster)
+    tls = issuer_kit.tls_files(tmp_path / "tls")  # the chart's certificate names the Service, not 127.0.0.1
+    port = free_port()
+    issuer = issuer_kit.start_issuer(cluster, HOME, port, tls, tmp_path / "issuer.log", env, identity.kubeconfig)
+    try:
+        cluster.kubectl("create", "namespace", "apps")
+        cluster.kubectl("create", "serviceaccount", "robot", "-n", "apps")
+        robot = {"kubernetesServiceAccount": {"name": "robot"}, "token": {"audiences": ["ledger"]}}
+        apply(cluster, "apps", SA, "robot", robot)
+        waiting.until(lambda: ready(cluster, "apps", "serviceaccounts", "robot"), what="robot Ready")
+        subject_token = cluster.kubectl("create", "token", "robot", "-n", "apps", "--audience", ISSUER).stdout.strip()
+        status, answer = issuer.token(
+            {
+                "grant_type": exchange.TOKEN_EXCHANGE,
+                "subject_token": subject_token,
+                "subject_token_type": exchange.TYPE_JWT,
+            }
+        )
+        assert status == 200, answer
+        assert jwt.decode(answer["access_token"], options={"verify_signature": False})["iss"] == ISSUER
+
+        apply(cluster, "apps", SAK, "robot-key", {"serviceAccountName": "robot", "generate": {"algorithm": "ES256"}})
+        waiting.until(lambda: ready(cluster, "apps", "serviceaccountkeys", "robot-key"), what="key Ready")
+        secret = cluster.secret("apps", "robot-key-tessera-key")
+        assert secret is not None
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        now = int(time.time())
+        claims = {
+            "iss": data["subject"],
+            "sub": data["subject"],
+            "aud": f"{ISSUER}/token",
+            "exp": now + 60,
+            "jti": "one",
+        }
+        signed = jwt.encode(claims, keys.load_private_pem(data["private-key.pem"]), "ES256", {"kid": data["key-id"]})
+        form = {"grant_type": exchange.JWT_BEARER, "assertion": signed}
+        assert issuer.token(form)[0] == 200
+        assert issuer.token(form)[1]["error"] == "invalid_grant"  # replayed: the Lease exists
+        kube = kube_client.Clients(identity.api, identity.core, identity.custom)
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        assert asyncio.run(issuing.sweep_jtis(kube, HOME, later)) == 1
+
+        assert forbidden(identity, "get", "secrets", "-n", HOME)  # only the issuer keys, by name
+        assert forbidden(identity, "get", "secret", "robot-key-tessera-key", "-n", "apps")
+        assert forbidden(
+            identity, "patch", "tsa", "robot", "-n", "apps", "--type=merge", "-p", '{"spec":{"disabled":true}}'
+        )
+        assert forbidden(identity, "create", "configmap", "x", "-n", HOME, "--dry-run=server")
+        assert forbidden(identity, "get", "pods", "-A")
+        assert allowed(identity, "get", "secret", settings.ISSUER_KEYS_SECRET, "-n", HOME)
+        text = issuer.logs()
+        assert not re.search(r"forbidden|\b403\b", text, re.I), text[-3000:]
+    finally:
+        stop_process(issuer.process)
+
+
+def chart_tls(cluster: Cluster) -> None:
+    """The Secret the chart made: a certificate for the Service's names and the issuer's host, from its CA."""
+    secret = cluster.secret(HOME, f"{RELEASE}-issuer-tls")
+    assert secret is not None and secret["type"] == "kubernetes.io/tls"
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert {f"{RELEASE}.{HOME}.svc", "tessera.example.com"} <= set(names)
+    cert.verify_directly_issued_by(ca)  # raises when the CA did not sign it

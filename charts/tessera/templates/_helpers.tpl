@@ -60,3 +60,34 @@ app.kubernetes.io/component: operator
 {{- define "tessera.clusterwide" -}}
 {{- if not .Values.watchNamespaces }}true{{ end }}
 {{- end }}
+
+{{/* The issuer's URL (TESSERA_ISSUER of both the operator and the issuer service). */}}
+{{- define "tessera.issuerURL" -}}
+{{- .Values.issuer | default (printf "https://tessera.%s.svc" .Release.Namespace) }}
+{{- end }}
+
+{{/* Labels that select the issuer service's Pods. */}}
+{{- define "tessera.issuerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: issuer
+{{- end }}
+
+{{/* The Kubernetes ServiceAccount the issuer service runs as (its own, with its own RBAC). */}}
+{{- define "tessera.issuerServiceAccountName" -}}
+{{- printf "%s-issuer" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The TLS Secret the issuer serves with: the user's, or the one the chart makes. */}}
+{{- define "tessera.issuerTLSSecret" -}}
+{{- .Values.issuerService.tls.secretName | default (printf "%s-issuer-tls" (include "tessera.fullname" .)) }}
+{{- end }}
+
+{{/* Standard labels on the issuer service's objects. */}}
+{{- define "tessera.issuerLabels" -}}
+helm.sh/chart: {{ include "tessera.chart" . }}
+{{ include "tessera.issuerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tessera
+{{- end }}

@@ -48,9 +48,20 @@ Cidr = Annotated[
 ]
 
 
+SUBJECT_PREFIX = "urn:tessera:serviceaccount:"
+
+
 def subject_urn(namespace: str, name: str) -> str:
     """The subject a service account's tokens carry."""
-    return f"urn:tessera:serviceaccount:{namespace}:{name}"
+    return f"{SUBJECT_PREFIX}{namespace}:{name}"
+
+
+def parse_subject(subject: str) -> tuple[str, str] | None:
+    """(namespace, name) of a service account subject URN; None for anything else."""
+    if not subject.startswith(SUBJECT_PREFIX):
+        return None
+    namespace, sep, name = subject.removeprefix(SUBJECT_PREFIX).partition(":")
+    return (namespace, name) if sep and namespace and name and ":" not in name else None
 
 
 class TokenSettings(meta.Model):
@@ -72,6 +83,17 @@ class TokenSettings(meta.Model):
     )
 
 
+class KubernetesServiceAccountRef(meta.Model):
+    """A Kubernetes ServiceAccount of the same namespace whose tokens may be exchanged for this account's."""
+
+    name: str = pydantic.Field(
+        min_length=1,
+        max_length=253,
+        pattern=meta.DNS1123_SUBDOMAIN,
+        description="Name of the Kubernetes ServiceAccount (core/v1), in this account's namespace.",
+    )
+
+
 class ServiceAccountSpec(meta.Model):
     description: str | None = pydantic.Field(default=None, max_length=1024, description="What this account is for.")
     disabled: bool = pydantic.Field(
@@ -83,6 +105,11 @@ class ServiceAccountSpec(meta.Model):
         max_length=64,
         alias="allowedCIDRs",
         description="Source ranges its tokens may be used from; empty means anywhere.",
+    )
+    kubernetes_service_account: KubernetesServiceAccountRef | None = pydantic.Field(
+        default=None,
+        description="The Kubernetes ServiceAccount whose tokens (audience: the issuer's Kubernetes audience) the "
+        "issuer exchanges for this account's tokens, after checking them with the TokenReview API.",
     )
 
 

@@ -64,7 +64,9 @@ class Jwk(meta.Model):
     n: str | None = _member("RSA modulus.")
     e: str | None = _member("RSA public exponent.")
     kid: str | None = pydantic.Field(
-        default=None, max_length=128, description="Key id; when given it must be the RFC 7638 thumbprint."
+        default=None,
+        max_length=128,
+        description="Key id. In a ServiceAccountKey, when given, it must be the RFC 7638 thumbprint.",
     )
     alg: str | None = pydantic.Field(
         default=None, max_length=16, description="When given, the algorithm of the key type: ES256, EdDSA or RS256."

@@ -27,6 +27,8 @@ MAX_TOKEN_TTL_SECONDS = 24 * 3600
 # makes 2 KiB of JSON about 2.7 KiB, plus about 330 bytes for the rest of an ES256 token.
 TOKEN_GRANTS_MAX_BYTES = 2048
 TOKEN_GRANTS_LIMIT_BYTES = 6144
+# A token naming an unknown kid makes the issuer fetch its identity provider's keys at most this often.
+PROVIDER_REFETCH_SECONDS = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,14 @@ class Settings:
     clock_leeway: datetime.timedelta = datetime.timedelta(seconds=60)
     # Over this many bytes the grants claim is left out of a token (0: never put in tokens).
     token_grants_max_bytes: int = TOKEN_GRANTS_MAX_BYTES
+    # The audience a Kubernetes service account token must carry to be exchanged at the issuer service
+    # (``kubectl create token --audience``, a projected token's ``audience``); empty: the issuer URL.
+    kubernetes_audience: str = ""
+    provider_refetch: datetime.timedelta = datetime.timedelta(seconds=PROVIDER_REFETCH_SECONDS)
+
+    def __post_init__(self) -> None:
+        if not self.kubernetes_audience:
+            object.__setattr__(self, "kubernetes_audience", self.issuer)
 
     @property
     def refresh_margin_seconds(self) -> float:
@@ -76,6 +86,9 @@ class Settings:
             bundle_max = int(env.get("TESSERA_BUNDLE_MAX_BYTES", BUNDLE_LIMIT_BYTES))
             leeway = datetime.timedelta(seconds=float(env.get("TESSERA_CLOCK_LEEWAY_SECONDS", 60)))
             grants_max = int(env.get("TESSERA_TOKEN_GRANTS_MAX_BYTES", TOKEN_GRANTS_MAX_BYTES))
+            refetch = datetime.timedelta(
+                seconds=float(env.get("TESSERA_PROVIDER_REFETCH_SECONDS", PROVIDER_REFETCH_SECONDS))
+            )
         except ValueError as exc:
             raise errors.ConfigError(f"a numeric TESSERA_* setting is not a number: {exc}") from exc
         if delivery < 0:
@@ -84,6 +97,8 @@ class Settings:
             raise errors.ConfigError("TESSERA_MAX_TOKEN_TTL_SECONDS must be between 60 and 86400")
         if not 0 < bundle_max <= BUNDLE_LIMIT_BYTES:
             raise errors.ConfigError(f"TESSERA_BUNDLE_MAX_BYTES must be between 1 and {BUNDLE_LIMIT_BYTES}")
+        if refetch.total_seconds() < 1:
+            raise errors.ConfigError("TESSERA_PROVIDER_REFETCH_SECONDS must be at least 1")
         if not 0 <= grants_max <= TOKEN_GRANTS_LIMIT_BYTES:
             raise errors.ConfigError(f"TESSERA_TOKEN_GRANTS_MAX_BYTES must be between 0 and {TOKEN_GRANTS_LIMIT_BYTES}")
         return cls(
@@ -99,4 +114,6 @@ class Settings:
             bundle_max_bytes=bundle_max,
             clock_leeway=leeway,
             token_grants_max_bytes=grants_max,
+            kubernetes_audience=env.get("TESSERA_KUBERNETES_AUDIENCE", ""),
+            provider_refetch=refetch,
         )

@@ -21,7 +21,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tessera.api import serviceaccount as sa_api
@@ -113,6 +113,9 @@ def token_grants(by_namespace: Mapping[str, Iterable[str]], cap_bytes: int) -> G
 
 
 NO_GRANTS = token_grants({}, settings.TOKEN_GRANTS_MAX_BYTES)  # an account bound nowhere
+# Tokens of the issuer service carry no grants claim: it does not compute grants, and a consumer that
+# finds no claim uses the trust bundle's grants (which are newer than any token anyway).
+GRANTS_IN_BUNDLE = Grants(None, 0, 0)
 
 
 def ttl_seconds(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> int:
@@ -162,11 +165,16 @@ def claims(
     key: issuer.IssuerKey,
     now: datetime.datetime,
     grants: Grants = NO_GRANTS,
+    *,
+    aud: Sequence[str] | None = None,
+    jti: str | None = None,
 ) -> dict[str, Any]:
-    """RFC 9068 access-token claims for the account, issued at ``now`` (whole seconds)."""
+    """RFC 9068 access-token claims for the account, issued at ``now`` (whole seconds). ``aud`` (default:
+    the account's audiences) and ``jti`` (default: derived from the account and the moment, which is
+    unique for the operator's one token at a time) are set by the issuer service for each exchange."""
     iat = int(now.timestamp())
-    aud = audiences(sa, cfg)
-    jti = hashlib.sha256(f"{sa.metadata.uid}/{iat}/{key.kid}".encode()).hexdigest()[:32]
+    aud = list(aud) if aud is not None else audiences(sa, cfg)
+    jti = jti or hashlib.sha256(f"{sa.metadata.uid}/{iat}/{key.kid}".encode()).hexdigest()[:32]
     body: dict[str, Any] = {
         "iss": cfg.issuer,
         "sub": sa.subject,

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.34.4"
@@ -284,3 +285,23 @@ def ensure_node() -> Path:
     staging.rename(out)
     _log(f"node binaries ready in {time.monotonic() - started:.0f}s: {out}")
     return out
+
+
+def explicit_or_cached(variable: str, target: Path, build: Callable[[Path], Path]) -> Path:
+    """A tool's binary: the file ``$variable`` names, else the cached ``target``, else ``build(target)``."""
+    explicit = os.environ.get(variable)
+    if explicit:
+        if not Path(explicit).is_file():
+            raise AssetError(f"{variable}={explicit} is not a file")
+        return Path(explicit)
+    return target if target.is_file() else build(target)
+
+
+def print_path(ensure: Callable[[], Path]) -> int:
+    """``python -m tessera.envtest.<tool>``: print the binary's path, or why there is none."""
+    try:
+        print(ensure())
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

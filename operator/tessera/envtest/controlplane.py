@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -218,8 +218,18 @@ _RUNNING: set[ControlPlane] = set()  # stopped at exit
 class ControlPlane:
     """etcd, kube-apiserver and optionally kube-controller-manager, started and stopped together."""
 
-    def __init__(self, assets: Assets, *, directory: Path | None = None, with_controller_manager: bool = True) -> None:
+    def __init__(
+        self,
+        assets: Assets,
+        *,
+        directory: Path | None = None,
+        with_controller_manager: bool = True,
+        extra_apiserver_args: Sequence[str] = (),
+    ) -> None:
+        """``extra_apiserver_args`` are appended to kube-apiserver's command line (e.g.
+        ``--authentication-config=<file>`` for a JWT authenticator in a test)."""
         self._assets = assets
+        self._extra_apiserver_args = tuple(extra_apiserver_args)
         self._given_directory = directory
         self._with_controller_manager = with_controller_manager and assets.has_controller_manager
         self._lock = threading.RLock()
@@ -265,6 +275,7 @@ class ControlPlane:
         cmd = apiserver_args(
             self._assets.path("kube-apiserver"), pki, etcd_port, api_port, directory / "apiserver-certs"
         )
+        cmd += self._extra_apiserver_args
         apiserver = self._launch("kube-apiserver", cmd)
         server = f"https://127.0.0.1:{api_port}"
         admin = directory / "kubeconfig"

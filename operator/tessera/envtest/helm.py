@@ -68,24 +68,11 @@ def build(target: Path) -> Path:
 
 def ensure() -> Path:
     """The path of a helm v3 binary."""
-    explicit = os.environ.get("TESSERA_HELM")
-    if explicit:
-        if not Path(explicit).is_file():
-            raise assets.AssetError(f"TESSERA_HELM={explicit} is not a file")
-        return Path(explicit)
-    target = cached()
-    if target.is_file():
-        return target
-    return build(target)
+    return assets.explicit_or_cached("TESSERA_HELM", cached(), build)
 
 
 def main() -> int:
-    try:
-        print(ensure())
-    except assets.AssetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return assets.print_path(ensure)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ import os
 import signal
 from typing import Any
 
+import aiohttp
 import kopf
 
+from tessera.api import identityprovider as idp_api
 from tessera.api import meta
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
@@ -25,7 +27,16 @@ from tessera.api import serviceaccountkey as sak_api
 from tessera.core import secrets
 from tessera.core import settings as core_settings
 from tessera.kube import client, issuerkeys
-from tessera.operator import accountkeys, kopffixes, publisher, rolebindings, rotation, serviceaccounts, state
+from tessera.operator import (
+    accountkeys,
+    identityproviders,
+    kopffixes,
+    publisher,
+    rolebindings,
+    rotation,
+    serviceaccounts,
+    state,
+)
 
 MANAGED = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE}"
 INDEXES = ("serviceaccountkeys_index", "serviceaccounts_index", "trust_bundle_namespaces_index")
@@ -41,6 +52,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     settings.watching.label_selectors["secrets"] = MANAGED
     cfg: core_settings.Settings = memo.cfg
     memo.kube = client.connect()
+    memo.http = aiohttp.ClientSession()
     memo.locks, memo.written = {}, {}
     memo.hub, memo.issuer_keys, memo.grants = state.Hub(), state.Keys(), rolebindings.Grants()
     memo.activity = state.Activity(kopffixes.paused_set())
@@ -67,6 +79,8 @@ async def operator_cleanup(memo: Any, **_: Any) -> None:
     for task in getattr(memo, "tasks", []):
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if getattr(memo, "http", None) is not None:
+        await memo.http.close()
 
 
 async def trust_bundle_namespaces_index(name: str, uid: str | None, meta: kopf.Meta, **_: Any) -> Any:
@@ -115,6 +129,11 @@ def register(registry: kopf.OperatorRegistry, cfg: core_settings.Settings) -> No
             id="refresh",
         )(handler)
     kopf.on.delete(*sa, registry=registry, id="revoke")(serviceaccounts.serviceaccount_delete)
+    idp = (meta.GROUP, meta.VERSION, idp_api.INFO.plural)
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(*idp, registry=registry, id="reconcile")(identityproviders.identityprovider_reconcile)
+    kopf.timer(*idp, interval=cfg.refresh_check_seconds, initial_delay=cfg.refresh_check_seconds, registry=registry,
+               id="refresh")(identityproviders.identityprovider_reconcile)  # fmt: skip
     _register_grants(registry, sa)
 
 

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, cast
 
 from cryptography.exceptions import InvalidSignature
 
+from tessera import permissions
 from tessera.sidecar import trust
 
 ISSUED_TYP = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068; case-insensitive per RFC 7515
@@ -309,29 +310,10 @@ class Verifier:
 
 
 def permitted(granted: frozenset[str], needed: str) -> bool:
-    """Whether any granted permission covers ``needed``: equal segment counts, ``*`` matches one segment."""
-    if needed in granted:
-        return True
-    wanted = needed.split(".")
-    for pattern in granted:
-        if "*" not in pattern:
-            continue
-        segments = pattern.split(".")
-        if len(segments) == len(wanted) and all(p in ("*", w) for p, w in zip(segments, wanted, strict=True)):
-            return True
-    return False
+    """Whether any granted permission covers ``needed`` (see :func:`tessera.permissions.permitted`)."""
+    return permissions.permitted(granted, needed)
 
 
 def source_allowed(identity: Identity, address: str | None) -> bool:
     """Whether the caller's address is inside every set of the identity's ranges (any address when it has none)."""
-    if not identity.cidrs:
-        return True
-    if address is None:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return all(any(ip in network for network in ranges) for ranges in identity.cidrs)
+    return all(permissions.address_in(ranges, address) for ranges in identity.cidrs)

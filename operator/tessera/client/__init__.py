@@ -1,0 +1,1 @@
+"""Commands for a person at a terminal: ``tessera token`` and ``tessera can-i``."""

@@ -1,0 +1,1 @@
+"""Adapters that talk to servers other than the Kubernetes API server (identity providers)."""
