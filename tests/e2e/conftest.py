@@ -29,7 +29,15 @@ from tests.integration.test_chart import Helm, snapshot
 EXISTING = os.environ.get("TESSERA_USE_EXISTING_CLUSTER") == "1"
 # The story the suite tells, in order: modules that need a node of their own first, then install,
 # use, revoke, rotate, operate, uninstall.
-ORDER = ("test_node", "test_install", "test_workloads", "test_revocation", "test_rotation", "test_operations")
+ORDER = (
+    "test_node",
+    "test_install",
+    "test_issuer",
+    "test_workloads",
+    "test_revocation",
+    "test_rotation",
+    "test_operations",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -169,7 +169,12 @@ def start_caller(release: Release, name: str, account: str, interval: float = 0.
     """A caller Pod; ``hold``: it reads its token once and keeps using that copy."""
     command = ["python3", "/app/client.py", "loop", f"{LEDGER}/entries/1", "--token-file", f"{TOKEN_DIR}/token",
                "--interval", str(interval), *(["--hold"] if hold else [])]  # fmt: skip
-    pod = caller_pod(name, account, release.images.apps, command)
+    return run_caller(release, caller_pod(name, account, release.images.apps, command), account)
+
+
+def run_caller(release: Release, pod: dict[str, Any], account: str) -> Caller:
+    """Start a caller Pod and return once its calls are allowed by every ledger replica."""
+    name = pod["metadata"]["name"]
     release.kube.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
     release.kube.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "-n", "shop", "--timeout=120s")
     caller = Caller(release.kube, name, account)

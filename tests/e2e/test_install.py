@@ -21,7 +21,7 @@ def ready(pod: dict[str, Any]) -> bool:
 
 
 def test_the_operator_pod_runs_the_image_under_the_restricted_context(release: kit.Release) -> None:
-    [pod] = pods(release, kit.HOME, "app.kubernetes.io/name=tessera")
+    [pod] = pods(release, kit.HOME, "app.kubernetes.io/component=operator")
     assert ready(pod)
     [container] = pod["spec"]["containers"]
     assert container["image"] == release.images.tessera

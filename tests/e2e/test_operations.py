@@ -84,7 +84,7 @@ def peers(kube: Any) -> dict[str, Any]:
 
 
 def operator_pods(kube: Any) -> list[str]:
-    listed = json.loads(kube.kubectl("get", "pods", "-n", kit.HOME, "-l", "app.kubernetes.io/name=tessera",
+    listed = json.loads(kube.kubectl("get", "pods", "-n", kit.HOME, "-l", "app.kubernetes.io/component=operator",
                                      "-o", "json").stdout)["items"]  # fmt: skip
     return [p["metadata"]["name"] for p in listed if not p["metadata"].get("deletionTimestamp")]
 

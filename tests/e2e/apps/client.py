@@ -4,6 +4,9 @@
     client.py loop URL --token-file F [--interval S]    a call every S seconds, a JSON line each
     client.py loop URL --token-file F --hold            the same, with the token read once and kept
                                                         (as a leaked or cached copy would be)
+    client.py loop URL --exchange TOKEN_URL --token-file F --ca C --audience A
+                                                        exchanges the (Kubernetes) token in F at the
+                                                        issuer for a Tessera token before each call
 
 Each line: the time, status, the sidecar's reason, and facts of the token sent (its kid, exp, iat and
 a digest, never the token): enough for the tests to tell a refresh, a key rotation or a revocation.
@@ -15,9 +18,11 @@ import argparse
 import base64
 import hashlib
 import json
+import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -40,6 +45,24 @@ def read_token(token_file: str | None) -> str | None:
         return None
     with open(token_file) as handle:
         return handle.read().strip()
+
+
+def exchange(endpoint: str, subject_token: str, ca_file: str, audience: str) -> str:
+    """RFC 8693 token exchange at the issuer's token endpoint (verified against its CA)."""
+    if not endpoint.startswith("https://"):
+        raise SystemExit(f"not an https URL: {endpoint}")
+    form = urllib.parse.urlencode({
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": subject_token,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "audience": audience,
+    }).encode()  # fmt: skip
+    request = urllib.request.Request(endpoint, data=form, method="POST")  # noqa: S310 (https only, checked above)
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    context = ssl.create_default_context(cafile=ca_file)
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310
+        token: str = json.load(response)["access_token"]
+    return token
 
 
 def call(url: str, token: str | None, method: str) -> dict[str, object]:
@@ -74,10 +97,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--method", default="GET")
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument("--exchange", help="the issuer's token endpoint")
+    parser.add_argument("--ca", help="the issuer's CA certificate")
+    parser.add_argument("--audience", default="ledger")
     args = parser.parse_args(argv)
     held = read_token(args.token_file) if args.hold else None
     while True:
         token = held if args.hold else read_token(args.token_file)
+        if args.exchange and token:
+            try:
+                token = exchange(args.exchange, token, args.ca, args.audience)
+            except (OSError, ValueError, KeyError) as exc:
+                print(json.dumps({"t": time.time(), "status": 0, "error": f"exchange: {exc}"}), flush=True)
+                time.sleep(args.interval)
+                continue
         print(json.dumps(call(args.url, token, args.method)), flush=True)
         if args.mode == "once":
             return 0
