@@ -90,8 +90,8 @@ images: $(STAMP) ## Build (cached by content) the images a node runs: pause, bas
 	$(BIN)/python -m tessera.envtest images
 
 .PHONY: node-start
-node-start: $(STAMP) control-plane node-binaries ## Start a real one-node cluster (root) with the project's image loaded
-	$(BIN)/python -m tessera.envtest node start --image
+node-start: $(STAMP) control-plane node-binaries ## Start a real one-node cluster (root), the project's and example apps' images loaded
+	$(BIN)/python -m tessera.envtest node start --images
 
 .PHONY: node-stop
 node-stop: $(STAMP) ## Stop the node and restore every machine setting it changed

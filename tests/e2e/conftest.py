@@ -71,11 +71,8 @@ def e2e_images(report: dict[str, Any]) -> kit.Images:
         return kit.Images(tessera=os.environ["TESSERA_E2E_IMAGE"], apps=os.environ["TESSERA_E2E_APP_IMAGE"])
     timings = report.setdefault("seconds", {})
     started = time.monotonic()
-    tessera = images.tessera(ROOT)
-    timings["image tessera (build or cache)"] = round(time.monotonic() - started, 1)
-    started = time.monotonic()
-    apps = images.from_context("tessera-e2e-apps", ROOT / "tests" / "e2e" / "apps")
-    timings["image apps (build or cache)"] = round(time.monotonic() - started, 1)
+    tessera, apps = images.project(ROOT)
+    timings["images tessera and apps (build or cache)"] = round(time.monotonic() - started, 1)
     return kit.Images(tessera=tessera.ref, apps=apps.ref, built=(tessera, apps))
 
 

@@ -107,6 +107,7 @@ def not_ready(kube: Cluster) -> list[str]:
 def wait_examples_ready(kube: Cluster) -> None:
     waiting.until(lambda: not not_ready(kube), timeout=120, what="every example Ready")
     wait_rollout(kube, "shop", "ledger")
+    wait_rollout(kube, "shop", "billing")
 
 
 # --- workloads that call the ledger ----------------------------------------------------------------

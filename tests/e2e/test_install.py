@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests import waiting
 from tests.e2e import kit
+
+BILLING = "urn:tessera:serviceaccount:shop:billing"
 
 
 def pods(release: kit.Release, namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -47,3 +50,15 @@ def test_every_example_is_ready_and_the_ledger_pods_run_app_and_sidecar(examples
         images = {c["name"]: c["image"] for c in pod["spec"]["containers"]}
         assert images == {"app": examples.images.apps, "tessera-sidecar": examples.images.tessera}
         assert all(s["ready"] and s["restartCount"] == 0 for s in pod["status"]["containerStatuses"])
+
+
+def test_the_billing_example_calls_the_ledger_with_its_mounted_token(examples: kit.Release) -> None:
+    """examples/50: the billing workload's loop prints each answer; once billing's grant has reached the
+    ledger's sidecars, it gets 200 with its identity passed on to the ledger app."""
+
+    def answered() -> list[str]:
+        logs = examples.kube.kubectl("logs", "deployment/billing", "-n", "shop").stdout
+        return [line for line in logs.splitlines() if line.startswith("200 ")]
+
+    [first, *_] = waiting.until(answered, timeout=180, interval=2, what="a 200 in billing's log")
+    assert json.loads(first.removeprefix("200 "))["identity"]["X-Tessera-Subject"] == BILLING

@@ -183,5 +183,6 @@ def token_secret(kube: Any, account: str) -> dict[str, Any] | None:
 
 
 def every_namespace_has(obj: tuple[str, str, str, str]) -> bool:
-    """What Kubernetes itself puts in each namespace (and keeps while the namespace stays)."""
-    return obj[:2] in {("", "ServiceAccount"), ("", "ConfigMap")} and obj[3] in {"default", "kube-root-ca.crt"}
+    """What Kubernetes itself keeps: each namespace's default ServiceAccount and root CA, the node's lease."""
+    own = obj[:2] in {("", "ServiceAccount"), ("", "ConfigMap")} and obj[3] in {"default", "kube-root-ca.crt"}
+    return own or obj[:3] == ("coordination.k8s.io", "Lease", "kube-node-lease")

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from tessera.envtest import assets, controlplane, devrun, images, node
 
-E2E_APPS = Path("tests") / "e2e" / "apps"
-
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "build"
@@ -23,9 +21,7 @@ def main(argv: list[str]) -> int:
         elif command == "node":
             return node.main(argv[1:])
         elif command == "images":
-            root = Path.cwd()
-            built = (images.pause(), images.tessera(root), images.from_context("tessera-e2e-apps", root / E2E_APPS))
-            for image in built:
+            for image in (images.pause(), *images.project(Path.cwd())):
                 print(f"{image.ref}\t{image.archive}")
         else:
             usage = "python -m tessera.envtest [build|run|serve|node|images]"

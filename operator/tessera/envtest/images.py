@@ -254,6 +254,15 @@ def tessera(repo: Path) -> Image:
     return _export(image.ref, image.archive)
 
 
+APPS = ("tessera-e2e-apps", Path("tests") / "e2e" / "apps")  # the ledger app and a client, for examples/
+
+
+def project(root: Path) -> tuple[Image, Image]:
+    """The images a cluster needs to run the examples: the project's and the example apps'."""
+    name, context = APPS
+    return tessera(root), from_context(name, root / context)
+
+
 def from_context(name: str, context: Path) -> Image:
     """An image from a folder with a ``Containerfile`` that starts ``FROM ${BASE_IMAGE}`` (like the
     project's Dockerfile), built on :func:`base` with no network."""

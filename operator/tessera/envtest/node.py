@@ -397,17 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("start", help="start a node that runs until `stop` (builds what is missing)")
     up.add_argument("--dir", type=Path, default=None, help="run folder (default: a temporary one)")
     up.add_argument("--sync-frequency", default=nc.DEFAULT_SYNC_FREQUENCY, help="kubelet's syncFrequency")
-    up.add_argument("--image", action="store_true", help="also build and load the project's image")
+    up.add_argument(
+        "--images", action="store_true", help="also build and load the project's and the example apps' images"
+    )
     sub.add_parser("stop", help="stop the node and restore the machine's settings")
     sub.add_parser("status", help="print the running node's kubeconfig, or fail")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            preload = (images.tessera(Path.cwd()),) if args.image else ()
+            preload = images.project(Path.cwd()) if args.images else ()
             info = start(args.dir, preload=preload, sync_frequency=args.sync_frequency, attached=False)
             print(f"export KUBECONFIG={info.kubeconfig}\nexport PATH={info.kubectl.parent}:$PATH")
-            if preload:
-                print(f"# image: {preload[0].ref}")
+            for image in preload:
+                print(f"# loaded {image.ref}")
         elif args.command == "stop":
             print("stopped" if stop() else "no node was running")
         else:
