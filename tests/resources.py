@@ -4,11 +4,14 @@ what the operator made: conditions, Warning events, tokens, trust bundles."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from typing import Any
 
 import jwt
 import kubernetes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tessera.api import meta
 from tessera.core import settings
@@ -82,3 +85,37 @@ def verify_self_signed(token: str, document: dict[str, Any], audience: str) -> d
     )
     assert claims["sub"] == jwk["sub"]
     return claims
+
+
+def leaks_private_key(pem: str, text: str) -> bool:
+    """Whether ``text`` (a log) carries this private key in any form: PEM lines (as they are or escaped
+    in a repr), its secret numbers in hex or base64url (a JWK's ``d``)."""
+    flat = "".join(text.replace("\\n", "\n").split())
+    return any(form in flat for form in private_key_material(pem))
+
+
+def private_key_material(pem: str) -> list[str]:
+    """The secret numbers of a private key (hex, base64url) and the runs of its PEM body that encode
+    only them, cut at the PEM's line ends (a log may quote the lines one by one). The PEM's first
+    characters are no evidence: the first 48 of every P-256 PKCS#8 key are the same."""
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        secrets = [key.private_bytes_raw()]
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        secrets = [key.private_numbers().private_value.to_bytes((key.curve.key_size + 7) // 8, "big")]
+    elif isinstance(key, rsa.RSAPrivateKey):
+        numbers = key.private_numbers()
+        secrets = [n.to_bytes((n.bit_length() + 7) // 8, "big") for n in (numbers.d, numbers.p, numbers.q)]
+    else:
+        raise TypeError(f"no secret numbers known for {type(key).__name__}")
+    lines = pem.strip().splitlines()[1:-1]
+    body, width = "".join(lines), len(lines[0])
+    der = base64.b64decode(body)
+    forms: list[str] = []
+    for raw in secrets:
+        start = der.index(raw)
+        first, end = -(-start // 3) * 4, (start + len(raw)) // 3 * 4  # base64 groups of secret bytes only
+        forms += [raw.hex(), base64.urlsafe_b64encode(raw).rstrip(b"=").decode()]
+        cuts = [first, *range((first // width + 1) * width, end, width), end]
+        forms += [body[a:b] for a, b in itertools.pairwise(cuts) if b - a >= 16]  # 96 random bits or more
+    return forms
