@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tessera.api import kinds
 
@@ -43,7 +45,20 @@ def test_every_kind_is_in_the_tessera_category_with_short_names(kind: kinds.Kind
     assert names["categories"] == ["tessera"] and names["shortNames"]
 
 
-def test_yaml_11_boolean_words_are_quoted_so_kubectl_reads_them_as_names() -> None:
-    text = "".join(kinds.rendered().values())
-    assert "\n                      'y':" in text and "\n                      'n':" in text
-    assert not any(line.strip() in {"y:", "n:"} for line in text.splitlines())
+class Yaml11(yaml.SafeLoader):
+    """A loader that reads plain scalars as kubectl's YAML 1.1 parser does: y and n are booleans."""
+
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+
+
+Yaml11.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+
+
+@pytest.mark.parametrize("kind", kinds.ALL, ids=lambda k: k.info.kind)
+def test_a_yaml_11_reader_gets_the_model_back(kind: kinds.Kind) -> None:
+    # The EC JWK members "y" (and any other such word) must be quoted, or kubectl reads a boolean key.
+    assert yaml.load(kinds.rendered()[kind.filename], Loader=Yaml11) == kind.crd()
+
+
+def test_the_yaml_11_reader_does_read_bare_y_as_a_boolean() -> None:
+    assert yaml.load("y: 1\n'n': 2\n", Loader=Yaml11) == {True: 1, "n": 2}
