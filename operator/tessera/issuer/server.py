@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tessera import errors
+from tessera import errors, protocol
 from tessera.core import exchange, issuer, settings
 from tessera.issuer import caches, grants
 from tessera.kube import client, issuing
@@ -142,7 +142,7 @@ def app(ctx: grants.Context) -> web.Application:
     application[CONTEXT] = ctx
     application.router.add_get("/.well-known/openid-configuration", discovery)
     application.router.add_get("/jwks", jwks)
-    application.router.add_route("*", "/token", token)
+    application.router.add_route("*", protocol.TOKEN_PATH, token)
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)
     return application
