@@ -54,6 +54,7 @@ class Publisher:
         # namespace -> (shared part, grants version, text): a round re-renders only the namespaces
         # whose grants changed, unless the shared part (keys, revocations, accounts) did.
         self.rendered: dict[str, tuple[str, int, str]] = {}
+        self.ca_error: str | None = None
 
     def text(self, namespace: str, shared: str, version: int, render: Callable[[], str]) -> str:
         """The namespace's bundle text, rendered again only when its inputs changed."""
@@ -69,10 +70,14 @@ class Publisher:
         if not self.cfg.issuer_ca_file:
             return None
         try:
-            return Path(self.cfg.issuer_ca_file).read_text() or None
+            found = Path(self.cfg.issuer_ca_file).read_text() or None
         except OSError as exc:
-            logger.warning("Could not read the issuer CA %s: %s", self.cfg.issuer_ca_file, exc.strerror)
+            if self.ca_error != exc.strerror:  # once per cause, not at every round
+                logger.warning("Could not read the issuer CA %s: %s", self.cfg.issuer_ca_file, exc.strerror)
+            self.ca_error = exc.strerror
             return None
+        self.ca_error = None
+        return found
 
     async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str], now: datetime.datetime) -> bool:
         """Bring every namespace (name -> uid) to its bundle; drop bundles where the opt-in is gone.

@@ -134,10 +134,11 @@ class Channel:
         """One long poll; :class:`Failed` says why it failed."""
         token = self._token()
         pool = self._pool_for_now()
-        target = protocol.bundle_target(self.namespace, self._sequence(), self.wait)
+        wait = self.wait if self.up else 0  # a first poll answers at once: the channel shows up (or not) at once
+        target = protocol.bundle_target(self.namespace, self._sequence(), wait)
         headers = [("Authorization", f"Bearer {token}"), ("Accept", "application/json")]
         try:
-            answer = await pool.request("GET", target, headers, head_seconds=self.wait + 15.0)
+            answer = await pool.request("GET", target, headers, head_seconds=wait + 15.0)
             body = await answer.read(MAX_BUNDLE_BYTES)
         except httpclient.UpstreamError as exc:
             cause = exc.__cause__ or exc
