@@ -183,6 +183,7 @@ class _Connection(asyncio.Protocol):
         self._url = bytearray()
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
+        self._head_size = 0
         self._in_head = False
         self._paused = False
         self._closed = False
@@ -200,12 +201,12 @@ class _Connection(asyncio.Protocol):
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head or self._current is None:
-            self._head_bytes += len(data)
         try:
+            if self._in_head or self._current is None:  # httptools keeps a partial head in memory: bound it
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD + MAX_TARGET + BODY_BUFFER:
+                    raise _Refusal(431)
             self._parser.feed_data(data)
-            if self._in_head and self._head_bytes > MAX_HEAD + MAX_TARGET:
-                raise _Refusal(431)
         except httptools.HttpParserUpgrade:
             self.pause()  # the request is answered, then the connection closes
             if self._current is not None:
@@ -238,7 +239,7 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._head_size = True, 0, 0
         self._url = bytearray()
         self._headers = []
 
@@ -248,7 +249,8 @@ class _Connection(asyncio.Protocol):
             raise _Refusal(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= MAX_FIELDS:
+        self._head_size += len(name) + len(value) + 4
+        if len(self._headers) >= MAX_FIELDS or self._head_size > MAX_HEAD:
             raise _Refusal(431)
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
