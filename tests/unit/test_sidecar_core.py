@@ -242,6 +242,16 @@ def test_the_example_workload_is_consistent_with_the_sidecar() -> None:
     needed = {r.permission for r in ruleset if r.permission}
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert needed <= set(role["spec"]["permissions"])
+    assert args.issuer_url == "https://tessera.tessera-system.svc" and args.kubernetes_token_file
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "projected" in v]
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == args.issuer_url
+
+    [billing] = [d for d in yaml.safe_load_all((examples / "50-billing-caller.yaml").read_text()) if d]
+    [egress] = [c for c in billing["spec"]["template"]["spec"]["containers"] if c["name"] == "tessera-sidecar"]
+    egress_args: argparse.Namespace = cli.parser().parse_args(egress["args"])
+    assert egress_args.egress_only and egress_args.egress == ["127.0.0.1:9001=http://ledger.shop.svc"]
+    [secret] = [v["secret"]["secretName"] for v in billing["spec"]["template"]["spec"]["volumes"]]
+    assert secret == "billing-tessera-token" and egress_args.token_file.startswith("/var/run/tessera/token/")
 
 
 @settings(max_examples=500, deadline=None)

@@ -88,11 +88,10 @@ class Config:
             and self.kubernetes_token_file is not None
         )
 
-    def ca_file(self) -> Path | None:
-        if self.issuer_ca is not None:
-            return self.issuer_ca
-        beside = self.bundle_dir / trustbundle.ISSUER_CA_KEY
-        return beside if self.verification else None
+    def ca_file(self) -> Path:
+        """The issuer's CA: given, or the one the operator puts beside the mounted bundle (read when it
+        exists; without one, the system's trust store decides)."""
+        return self.issuer_ca if self.issuer_ca is not None else self.bundle_dir / trustbundle.ISSUER_CA_KEY
 
 
 def _file_id(path: Path) -> tuple[int, int, int, int] | None:
