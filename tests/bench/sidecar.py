@@ -3,9 +3,12 @@
 - verification in-process, per algorithm: raw ``cryptography`` verify (the limit), PyJWT decode,
   the sidecar's verify of new tokens (every one a cache miss) and of a repeated token (a hit);
 - HTTP auth-request mode: requests/s and p50/p99 latency of ``tessera sidecar`` answering
-  ``/auth`` with a repeated valid token, next to a bare aiohttp handler, under the same load
-  generator (one process, ``--concurrency`` kept-alive connections);
-- footprint: time from process start to ready (median of 5) and resident memory, idle and after load.
+  ``/auth`` with a repeated valid token, next to a bare aiohttp handler and a bare handler on the
+  sidecar's own HTTP layer (asyncio + httptools), under the same load generator (one process,
+  ``--concurrency`` kept-alive connections);
+- footprint: time from process start to ready (median of 5) and resident memory, idle and after load,
+  next to the two bare handlers' and to a process that only imports what the sidecar needs before
+  any HTTP (asyncio, cryptography, the verifier).
 """
 
 from __future__ import annotations
@@ -115,6 +118,16 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "rounds_requests_per_s": [round(r["requests_per_s"]) for r in runs]}
 
 
+def _bare(kind: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.apps.bare", str(port), kind])
+    waiting.until(lambda: answering(port, "/auth"), timeout=30, interval=0.02, what=f"the bare {kind} handler")
+    return process, port
+
+
+FLOOR = "import asyncio, ssl, signal, tessera.sidecar.verify, tessera.sidecar.rules; signal.pause()"
+
+
 def http_figures(concurrency: int, seconds: float, rounds: int = 3) -> dict[str, Any]:
     kit = Kit.make("ES256", now=int(time.time()))
     headers = {"Authorization": f"Bearer {kit.issued()}", "X-Original-URI": "/orders/1", "X-Original-Method": "GET"}
@@ -130,32 +143,40 @@ def http_figures(concurrency: int, seconds: float, rounds: int = 3) -> dict[str,
             starts.append(time.monotonic() - began)
             probe.stop()
         sidecar = start_sidecar(tmp, folder, rules)
-        idle = common.rss_kib(sidecar.process.pid)
-        port = free_port()
-        bare = subprocess.Popen([sys.executable, "-m", "tests.apps.bare", str(port)])
-        sidecar_runs, bare_runs = [], []
+        floor = subprocess.Popen([sys.executable, "-c", FLOOR])
+        bare, port = _bare("aiohttp")
+        layer, layer_port = _bare("layer")
+        sidecar_runs, bare_runs, layer_runs = [], [], []
         try:
-            waiting.until(lambda: answering(port, "/auth"), timeout=30, interval=0.02, what="the bare handler")
-            for _ in range(rounds):  # interleaved, so a noisy moment costs both sides alike
+            waiting.until(lambda: common.rss_kib(floor.pid) > 20_000, timeout=30, what="the imports")
+            idle = {
+                "sidecar": common.rss_kib(sidecar.process.pid),
+                "bare_aiohttp_handler": common.rss_kib(bare.pid),
+                "bare_handler_on_the_sidecars_http_layer": common.rss_kib(layer.pid),
+                "imports_only_asyncio_cryptography_verifier": common.rss_kib(floor.pid),
+            }
+            for _ in range(rounds):  # interleaved, so a noisy moment costs each alike
                 sidecar_runs.append(load(sidecar.port, headers, concurrency, seconds))
                 bare_runs.append(load(port, headers, concurrency, seconds))
+                layer_runs.append(load(layer_port, headers, concurrency, seconds))
             after = common.rss_kib(sidecar.process.pid)
-            bare_rss = common.rss_kib(bare.pid)
         finally:
             sidecar.stop()
-            bare.terminate()
-            bare.wait()
-    measured, baseline = _median_run(sidecar_runs), _median_run(bare_runs)
+            for process in (bare, layer, floor):
+                process.terminate()
+                process.wait()
+    measured, baseline, layer_base = _median_run(sidecar_runs), _median_run(bare_runs), _median_run(layer_runs)
     return {
         "concurrency": concurrency,
         "seconds": seconds,
         "rounds": rounds,
         "sidecar_auth": measured,
         "bare_aiohttp_handler": baseline,
-        "throughput_over_bare": measured["requests_per_s"] / baseline["requests_per_s"],
+        "bare_handler_on_the_sidecars_http_layer": layer_base,
+        "throughput_over_bare_aiohttp": measured["requests_per_s"] / baseline["requests_per_s"],
         "start_to_ready_s": {"median": statistics.median(starts), "max": max(starts)},
-        "sidecar_rss_kib": {"idle": idle, "after_load": after},
-        "bare_handler_rss_kib": bare_rss,
+        "rss_kib_idle": idle,
+        "sidecar_rss_kib_after_load": after,
     }
 
 
