@@ -158,11 +158,11 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+_PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    return _PHRASES.get(status, "Unknown")
 
 
 def _encode_head(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> bytearray:
@@ -189,6 +189,8 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._writable: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._last_activity = 0.0
+        self._busy = False
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -198,9 +200,25 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) and peer else None
         self._server.connections.add(self)
-        self._worker = asyncio.get_running_loop().create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        self._worker = loop.create_task(self._serve())
+        self._last_activity = loop.time()
+        loop.call_later(IDLE_SECONDS, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a connection that neither sent nor was answered anything for IDLE_SECONDS (one timer
+        per idle period, not one per request)."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_activity
+        if quiet >= IDLE_SECONDS and not self._busy:
+            self.close()
+        else:
+            loop.call_later(max(1.0, IDLE_SECONDS - quiet), self._check_idle)
 
     def data_received(self, data: bytes) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
         try:
             if self._in_head or self._current is None:  # httptools keeps a partial head in memory: bound it
                 self._head_bytes += len(data)
@@ -325,14 +343,14 @@ class _Connection(asyncio.Protocol):
     async def _serve(self) -> None:
         try:
             while True:
-                try:
-                    request = await asyncio.wait_for(self._queue.get(), IDLE_SECONDS)
-                except TimeoutError:
-                    return
+                request = await self._queue.get()
                 if request is None:
                     return
+                self._busy = True
                 response = await self._answer(request)
                 keep = await self._respond(request, response)
+                self._busy = False
+                self._last_activity = asyncio.get_running_loop().time()
                 if not keep:
                     return
                 if not request.body.done:
