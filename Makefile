@@ -89,12 +89,16 @@ test-integration: $(STAMP) control-plane nginx helm hydra ## Unit and integratio
 node-binaries: $(STAMP) control-plane ## Build (once, cached) kubelet, kube-scheduler, kube-proxy, CoreDNS; print their folder
 	$(BIN)/python -c 'from tessera.envtest import assets; print(assets.ensure_node())'
 
+.PHONY: host-packages
+host-packages: $(STAMP) ## Install (apt, root) the Debian packages a node needs when missing: containerd, runc, CNI plugins, buildah, debootstrap, iptables
+	$(BIN)/python -c 'from tessera.envtest import hostpkgs; hostpkgs.ensure()'
+
 .PHONY: images
-images: $(STAMP) ## Build (cached by content) the images a node runs: pause, base, tessera (the Dockerfile), e2e apps
+images: $(STAMP) host-packages ## Build (cached by content) the images a node runs: pause, base, tessera (the Dockerfile), e2e apps
 	$(BIN)/python -m tessera.envtest images
 
 .PHONY: node-start
-node-start: $(STAMP) control-plane node-binaries ## Start a real one-node cluster (root), the project's and example apps' images loaded
+node-start: $(STAMP) host-packages control-plane node-binaries ## Start a real one-node cluster (root), the project's and example apps' images loaded
 	$(BIN)/python -m tessera.envtest node start --images
 
 .PHONY: node-stop
@@ -102,7 +106,7 @@ node-stop: $(STAMP) ## Stop the node and restore every machine setting it change
 	$(BIN)/python -m tessera.envtest node stop
 
 .PHONY: e2e
-e2e: $(STAMP) control-plane node-binaries helm ## End-to-end tests in a real node: helm install, examples, Pods (root)
+e2e: $(STAMP) host-packages control-plane node-binaries helm ## End-to-end tests in a real node: helm install, examples, Pods (root)
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: run

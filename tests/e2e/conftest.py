@@ -21,7 +21,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tessera.envtest import images, node
+from tessera.envtest import hostpkgs, images, node
 from tests.e2e import kit
 from tests.harness import ROOT, Cluster, client_for
 from tests.integration.test_chart import Helm, snapshot
@@ -52,6 +52,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         own = [item for item in items if item.get_closest_marker("local_node")]
         config.hook.pytest_deselected(items=own)
         items[:] = [item for item in items if item not in own]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_packages() -> None:
+    """The Debian packages a node needs (the tests read the machine with iptables-save before any
+    node starts), installed when missing so that `pytest tests/e2e` works on a bare machine too."""
+    if not EXISTING:
+        hostpkgs.ensure()
 
 
 @pytest.fixture(scope="session")

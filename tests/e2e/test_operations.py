@@ -15,6 +15,7 @@ from typing import Any
 import kubernetes
 import pytest
 import urllib3
+import yaml
 
 from tests import waiting
 from tests.e2e import kit
@@ -152,8 +153,8 @@ def test_two_replicas_and_losing_the_active_one_refuse_nothing_and_write_once(
 # The chart's crds/ (Helm installs them, never deletes them: README) besides what KEPT lists, and the
 # API server's own APIService for their group.
 TESSERA_CRDS = {
-    ("apiextensions.k8s.io", "CustomResourceDefinition", "", f"{plural}.iam.tessera.dev")
-    for plural in ("serviceaccounts", "serviceaccountkeys", "roles", "rolebindings")
+    ("apiextensions.k8s.io", "CustomResourceDefinition", "", yaml.safe_load(path.read_text())["metadata"]["name"])
+    for path in (kit.CHART / "crds").glob("iam.tessera.dev_*.yaml")
 } | {("apiregistration.k8s.io", "APIService", "", "v1alpha1.iam.tessera.dev")}
 
 

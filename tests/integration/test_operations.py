@@ -166,6 +166,14 @@ def test_a_bundle_over_the_limit_is_not_written_and_the_namespace_is_warned(
     waiting.until(lambda: bundle_kids(cluster, apps, "serviceAccountKeys") == back, what="written again once it fits")
 
 
+def make_peering(cluster: Cluster) -> None:
+    """Kopf's peering kinds (the chart's crds/) and the ClusterKopfPeering ``tessera`` the replicas share."""
+    cluster.kubectl("apply", "-f", str(Path(__file__).parents[2] / "charts/tessera/crds/kopf.dev_peerings.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tessera"}}
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
+
+
 def test_two_peered_replicas_never_act_at_once(
     private_cluster: Cluster, operators: list[Operator], tmp_path: Path
 ) -> None:
@@ -175,10 +183,7 @@ def test_two_peered_replicas_never_act_at_once(
     started afresh."""
     cluster = private_cluster
     home = create_namespace(cluster, "tessera-system")
-    cluster.kubectl("apply", "-f", str(Path(__file__).parents[2] / "charts/tessera/crds/kopf.dev_peerings.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tessera"}}
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
+    make_peering(cluster)
     first = start_operator(cluster, home, tmp_path / "first.log", args=("--peering", "tessera", "--priority", "10"))
     operators.append(first)
     apps = create_namespace(cluster, "apps")
@@ -214,10 +219,7 @@ def test_a_newer_replica_waits_for_the_older_one(
     gone. (A rolling update starts the new Pod while the old one still acts.)"""
     cluster = private_cluster
     home = create_namespace(cluster, "tessera-system")
-    cluster.kubectl("apply", "-f", str(Path(__file__).parents[2] / "charts/tessera/crds/kopf.dev_peerings.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tessera"}}
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
+    make_peering(cluster)
     older = start_operator(cluster, home, tmp_path / "older.log", args=("--peering", "tessera"))
     newer = start_operator(cluster, home, tmp_path / "newer.log", args=("--peering", "tessera"))
     operators.extend([older, newer])

@@ -165,39 +165,38 @@ def _version_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build_kubernetes(out: Path, commands: tuple[str, ...] = KUBE_COMMANDS) -> None:
-    env = _go_env()
-    work = cache_root() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
+def throwaway_module(name: str, go: str, requires: str, extra: tuple[str, ...] = ()) -> Path:
+    """``<cache>/build/<name>/``, a Go module that requires ``requires`` (``path version``) and holds
+    ``extra`` lines (replace, godebug): how a program whose own go.mod has ``replace`` directives
+    (ignored in a dependency) is built from the module proxy."""
+    work = cache_root() / "build" / name
     work.mkdir(parents=True, exist_ok=True)
-    _log(f"downloading k8s.io/kubernetes@{KUBERNETES_VERSION} through the Go module proxy")
-    info = json.loads(_run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], work, env))
-    upstream = Path(info["GoMod"]).read_text()
-    go_line = re.search(r"^go\s+\S+", upstream, re.M)
-    lines = [
-        "module tessera.dev/control-plane-build",
-        "",
-        go_line.group(0) if go_line else "go 1.24",
-        _godebug_block(upstream),
-        "",
-        f"require k8s.io/kubernetes {KUBERNETES_VERSION}",
-        "",
-        *staging_replacements(upstream, KUBERNETES_VERSION),
-        "",
-    ]
+    lines = [f"module tessera.dev/{name.split('-v')[0]}-build", "", go, "", f"require {requires}", "", *extra, ""]
     (work / "go.mod").write_text("\n".join(lines))
     (work / "go.sum").touch()
+    return work
+
+
+def build_kubernetes(out: Path, commands: tuple[str, ...] = KUBE_COMMANDS) -> None:
+    env = _go_env()
+    _log(f"downloading k8s.io/kubernetes@{KUBERNETES_VERSION} through the Go module proxy")
+    module = f"k8s.io/kubernetes@{KUBERNETES_VERSION}"
+    outside = cache_root() / "build"
+    outside.mkdir(parents=True, exist_ok=True)
+    info = json.loads(_run(["go", "mod", "download", "-json", module], outside, env))
+    upstream = Path(info["GoMod"]).read_text()
+    go_line = re.search(r"^go\s+\S+", upstream, re.M)
+    extra = (_godebug_block(upstream), *staging_replacements(upstream, KUBERNETES_VERSION))
+    work = throwaway_module(
+        f"kubernetes-{KUBERNETES_VERSION}", go_line.group(0) if go_line else "go 1.24", module.replace("@", " "), extra
+    )
     cmd = ["go", "build", "-v", "-trimpath", "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(out) + "/"]
     _build_with_progress(cmd + [f"k8s.io/kubernetes/cmd/{c}" for c in commands], work, env, "kubernetes")
 
 
 def build_etcd(out: Path) -> None:
     env = _go_env()
-    work = cache_root() / "build" / f"etcd-{ETCD_VERSION}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "go.mod").write_text(
-        f"module tessera.dev/etcd-build\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n"
-    )
-    (work / "go.sum").touch()
+    work = throwaway_module(f"etcd-{ETCD_VERSION}", "go 1.23", f"go.etcd.io/etcd/server/v3 {ETCD_VERSION}")
     cmd = ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"]
     _build_with_progress(cmd, work, env, "etcd")
 
@@ -241,12 +240,7 @@ func main() {{ coremain.Run() }}
 
 def build_coredns(out: Path) -> None:
     env = _go_env()
-    work = cache_root() / "build" / f"coredns-{COREDNS_VERSION}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "go.mod").write_text(
-        f"module tessera.dev/coredns-build\n\ngo 1.24.0\n\nrequire github.com/coredns/coredns {COREDNS_VERSION}\n"
-    )
-    (work / "go.sum").touch()
+    work = throwaway_module(f"coredns-{COREDNS_VERSION}", "go 1.24.0", f"github.com/coredns/coredns {COREDNS_VERSION}")
     (work / "main.go").write_text(coredns_main())
     _run(["go", "mod", "tidy"], work, env)
     cmd = ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."]

@@ -49,24 +49,14 @@ def build(target: Path) -> Path:
     """Build Hydra into ``target``'s folder (staged, then moved, so a broken build leaves no binary)."""
     if shutil.which("go") is None:
         raise assets.AssetError("the 'go' toolchain is not on PATH; it is needed once to build Hydra")
-    work = assets.cache_root() / "build" / f"hydra-{HYDRA_VERSION}"
-    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CGO_ENABLED": "1", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
     print(f"[hydra] building {MODULE}@{HYDRA_VERSION} into {target.parent}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    info = json.loads(_go(["mod", "download", "-json", f"{MODULE}@{HYDRA_VERSION}"], work, env))
-    lines = [
-        "module tessera.dev/hydra-build",
-        "",
-        "go 1.22",
-        "",
-        f"require {MODULE} {HYDRA_VERSION}",
-        "",
-        *published_replacements(Path(info["GoMod"]).read_text()),
-        "",
-    ]
-    (work / "go.mod").write_text("\n".join(lines))
-    (work / "go.sum").touch()
+    outside = assets.cache_root() / "build"
+    outside.mkdir(parents=True, exist_ok=True)
+    info = json.loads(_go(["mod", "download", "-json", f"{MODULE}@{HYDRA_VERSION}"], outside, env))
+    replacements = tuple(published_replacements(Path(info["GoMod"]).read_text()))
+    work = assets.throwaway_module(f"hydra-{HYDRA_VERSION}", "go 1.22", f"{MODULE} {HYDRA_VERSION}", replacements)
     staging = target.parent.with_name(f".{HYDRA_VERSION}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

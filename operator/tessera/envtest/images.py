@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tessera.envtest import assets
+from tessera.envtest import assets, hostpkgs
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -97,6 +97,7 @@ def _run(cmd: list[str], **kwargs: object) -> str:
 
 def buildah(*args: str) -> str:
     """buildah with its storage in the cache (never the machine's /var/lib/containers) and runc."""
+    hostpkgs.ensure()  # buildah, runc and debootstrap are Debian packages a bare machine lacks
     storage = assets.cache_root() / "buildah"
     cmd = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "--storage-driver", "overlay"]
     return _run([*cmd, *args], env={**os.environ, "BUILDAH_RUNTIME": "runc", "BUILDAH_ISOLATION": "oci"})
