@@ -59,9 +59,13 @@ crds: $(STAMP) ## Generate crds/ from the pydantic models and copy them into the
 	rm -f charts/tessera/crds/iam.tessera.dev_*.yaml
 	cp crds/*.yaml charts/tessera/crds/
 
+.PHONY: schema
+schema: $(STAMP) ## Generate docs/trust-bundle.schema.json from the trust bundle model (tessera.trustbundle)
+	$(BIN)/python -c 'from tessera import trustbundle; print(trustbundle.schema_text(), end="")' > docs/trust-bundle.schema.json
+
 .PHONY: verify
-verify: $(STAMP) ## Fail when generated files (crds/, the chart's copies) differ from the models
-	$(BIN)/pytest -q tests/unit/test_crds.py tests/unit/test_chart_files.py
+verify: $(STAMP) ## Fail when generated files (crds/, the chart's copies, the bundle schema) differ from the models
+	$(BIN)/pytest -q tests/unit/test_crds.py tests/unit/test_chart_files.py tests/unit/test_trustbundle.py
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict, import layering

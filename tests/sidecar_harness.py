@@ -94,13 +94,14 @@ def start_sidecar(
     upstream: int | None = None,
     wait_ready: bool = True,
     extra: tuple[str, ...] = (),
+    namespace: str = NAMESPACE,
 ) -> Sidecar:
     port = free_port()
     proxy_port = free_port() if upstream is not None else None
     cmd = [
         sys.executable, "-m", "tessera.cli", "sidecar",
         "--bundle-dir", str(bundle_dir),
-        "--namespace", NAMESPACE,
+        "--namespace", namespace,
         "--audience", AUDIENCE,
         "--rules", str(rules_file),
         "--listen", f"127.0.0.1:{port}",

@@ -148,16 +148,21 @@ class Kit:
 def write_bundle_dir(folder: Path, text: str) -> None:
     """Lay out ``folder`` the way kubelet mounts a ConfigMap: a timestamped data folder, a ``..data``
     symlink to it, and ``bundle.json`` -> ``..data/bundle.json``; replacing swaps the symlink atomically."""
+    write_mounted(folder, "bundle.json", text)
+
+
+def write_mounted(folder: Path, name: str, text: str) -> None:
+    """One file of a kubelet-mounted ConfigMap or Secret (see :func:`write_bundle_dir`)."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = f"..{os.getpid()}_{len(list(folder.glob('..20*')))}"
     data = folder / f"..20{stamp}"
     data.mkdir()
-    (data / "bundle.json").write_text(text)
+    (data / name).write_text(text)
     tmp = folder / "..data_tmp"
     if tmp.is_symlink():
         tmp.unlink()
     tmp.symlink_to(data.name)
     os.replace(tmp, folder / "..data")
-    link = folder / "bundle.json"
+    link = folder / name
     if not link.is_symlink():
-        link.symlink_to("..data/bundle.json")
+        link.symlink_to(f"..data/{name}")

@@ -39,14 +39,25 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _sidecar(args: argparse.Namespace) -> int:
     from tessera import errors
-    from tessera.sidecar import server
+    from tessera.sidecar import egress, server
 
     try:
         audiences = frozenset(a.strip() for a in args.audience.split(",") if a.strip())
-        if not audiences:
+        if not audiences and not args.egress_only:
             raise errors.ConfigError("--audience: give at least one accepted audience")
         if (args.proxy_listen is None) != (args.upstream is None):
             raise errors.ConfigError("--proxy-listen and --upstream go together")
+        routes = tuple(egress.parse_route(r, server.parse_listen) for r in args.egress)
+        if args.egress_only and not routes:
+            raise errors.ConfigError("--egress-only needs at least one --egress route")
+        kube_token = Path(args.kubernetes_token_file) if args.kubernetes_token_file else None
+        if routes and args.token_file is None and (args.issuer_url is None or kube_token is None):
+            raise errors.ConfigError(
+                "--egress needs a token: --token-file (the mounted token Secret), or --issuer-url with "
+                "--kubernetes-token-file (exchanged at the issuer)"
+            )
+        if args.issuer_url is not None and not args.issuer_url.startswith("https://"):
+            raise errors.ConfigError("--issuer-url must be an https:// URL")
         config = server.Config(
             bundle_dir=Path(args.bundle_dir),
             namespace=args.namespace,
@@ -59,6 +70,15 @@ def _sidecar(args: argparse.Namespace) -> int:
             max_token_bytes=args.max_token_bytes,
             max_lifetime=args.max_lifetime,
             reload_seconds=args.reload_seconds,
+            verification=not args.egress_only,
+            issuer_url=args.issuer_url,
+            issuer_ca=Path(args.issuer_ca) if args.issuer_ca else None,
+            kubernetes_token_file=kube_token,
+            channel=not args.no_channel,
+            channel_wait=args.channel_wait,
+            egress=routes,
+            token_file=Path(args.token_file) if args.token_file else None,
+            egress_audiences=tuple(args.egress_audience),
         )
     except errors.ConfigError as exc:
         print(f"tessera sidecar: {exc}", file=sys.stderr)
@@ -170,9 +190,11 @@ def _env(name: str, default: str | None = None) -> str | None:
 def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sc = sub.add_parser(
         "sidecar",
-        help="verify callers' tokens for the app in this pod",
-        description="Verify bearer tokens against the mounted trust bundle and authorise requests by rules. "
-        "Every flag also reads TESSERA_SIDECAR_<FLAG> (upper case, - as _).",
+        help="verify callers' tokens for the app in this pod; attach its own token to its calls (egress)",
+        description="Verify bearer tokens against the trust bundle (the mounted file, kept current by the live "
+        "channel from the issuer) and authorise requests by rules; and/or pass the app's calls to configured "
+        "upstreams with the Pod's Tessera token (--egress). Every flag also reads TESSERA_SIDECAR_<FLAG> "
+        "(upper case, - as _; repeatable flags: comma-separated).",
     )
     required = _env("NAMESPACE") is None
     sc.add_argument("--bundle-dir", default=_env("BUNDLE_DIR", "/var/run/tessera/bundle"), help="mounted trust bundle")
@@ -188,7 +210,48 @@ def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--max-lifetime", type=_positive_int, default=int(_env("MAX_LIFETIME", "86400") or 86400), help="exp - iat"
     )
     sc.add_argument("--reload-seconds", type=float, default=float(_env("RELOAD_SECONDS", "2") or 2))
+    sc.add_argument(
+        "--issuer-url", default=_env("ISSUER_URL"), help="the issuer service, e.g. https://tessera.tessera-system.svc"
+    )
+    sc.add_argument(
+        "--issuer-ca", default=_env("ISSUER_CA"), help="its CA (PEM); default: issuer-ca.crt beside the mounted bundle"
+    )
+    sc.add_argument(
+        "--kubernetes-token-file",
+        default=_env("KUBERNETES_TOKEN_FILE"),
+        help="the Pod's projected Kubernetes token (audience: the issuer's): the channel's and exchange's credential",
+    )
+    sc.add_argument(
+        "--no-channel",
+        action="store_true",
+        default=_env("NO_CHANNEL", "") not in ("", "0", "false"),
+        help="only the mounted bundle, no live channel from the issuer",
+    )
+    sc.add_argument(
+        "--channel-wait", type=_positive_int, default=int(_env("CHANNEL_WAIT", "30") or 30), help="long poll, seconds"
+    )
+    sc.add_argument(
+        "--egress",
+        action="append",
+        default=_env_list("EGRESS"),
+        metavar="LISTEN=URL",
+        help="a local port passing calls to one upstream with the Pod's token, e.g. 127.0.0.1:9001=http://ledger.shop.svc",
+    )
+    sc.add_argument("--token-file", default=_env("TOKEN_FILE"), help="egress: the mounted token Secret's file")
+    sc.add_argument(
+        "--egress-audience", action="append", default=_env_list("EGRESS_AUDIENCE"), help="egress: aud to exchange for"
+    )
+    sc.add_argument(
+        "--egress-only",
+        action="store_true",
+        default=_env("EGRESS_ONLY", "") not in ("", "0", "false"),
+        help="no verification (no bundle, rules or /auth): only --egress routes, probes and metrics",
+    )
     sc.set_defaults(func=_sidecar)
+
+
+def _env_list(name: str) -> list[str]:
+    return [v.strip() for v in (_env(name, "") or "").split(",") if v.strip()]
 
 
 def _positive_int(text: str) -> int:

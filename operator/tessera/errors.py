@@ -9,6 +9,7 @@
     |   +-- Forbidden
     |   +-- Invalid           422: the API server rejected the object
     +-- ConfigError           operator or sidecar settings are unusable
+    +-- BundleError           a trust bundle is unreadable or inconsistent (readers keep the last good one)
 
 Messages never carry key material or tokens.
 """
@@ -30,6 +31,10 @@ class TokenError(TesseraError):
 
 class ConfigError(TesseraError):
     """Settings are unusable."""
+
+
+class BundleError(TesseraError):
+    """A trust bundle is unreadable or inconsistent; a reader keeps the last good one."""
 
 
 class KubeError(TesseraError):

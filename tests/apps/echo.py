@@ -34,6 +34,7 @@ async def echo(request: web.Request) -> web.StreamResponse:
             "path": request.raw_path,
             "headers": {k: v for k, v in request.headers.items()},
             "subject": request.headers.getall("X-Tessera-Subject", []),
+            "authorization": request.headers.getall("Authorization", []),
             "bodyBytes": size,
             "bodySha256": digest.hexdigest(),
             "clientPort": peer[1] if peer else None,

@@ -10,6 +10,9 @@
 - the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
 - the issuer service (:mod:`tests.bench.issuer`): token exchanges on one core next to raw sign + verify;
   requests reaching an identity provider during an unknown-kid storm.
+- the live bundle channel (:mod:`tests.bench.channel`): thousands of simulated sidecars: the issuer's
+  memory per subscriber, pushes per second, a restart under all of them (with jitter, and the naive
+  client as the baseline).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
-from tests.bench import common, grants_scale, sidecar
+from tests.bench import channel, common, grants_scale, sidecar
 from tests.bench import issuer as issuer_service
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -251,12 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sidecar-seconds", type=float, default=10.0, help="length of each HTTP load run")
     parser.add_argument("--issuer-seconds", type=float, default=10.0, help="length of each token endpoint load")
     parser.add_argument("--issuer-concurrency", type=int, default=16, help="connections of the token endpoint load")
+    parser.add_argument("--subscribers", type=int, default=2000, help="simulated sidecars on the live channel")
     parser.add_argument("--storm-seconds", type=float, default=90.0, help="length of the unknown-kid storm")
     parser.add_argument(
-        "--only", choices=("crypto", "cluster", "grants", "sidecar", "issuer"), action="append", help="run only these"
+        "--only",
+        choices=("crypto", "cluster", "grants", "sidecar", "issuer", "channel"),
+        action="append",
+        help="run only these",
     )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "grants", "sidecar", "issuer"))
+    only = set(args.only or ("crypto", "cluster", "grants", "sidecar", "issuer", "channel"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -267,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         results["cluster"] = cluster_bench(args.sequential, args.burst)
     if "sidecar" in only:
         results["sidecar"] = sidecar.sidecar_bench(args.sidecar_count, args.sidecar_concurrency, args.sidecar_seconds)
+    if "channel" in only:
+        results["channel"] = channel.channel_bench(args.subscribers)
     if "issuer" in only:
         results["issuer"] = issuer_service.issuer_bench(
             args.issuer_seconds, args.issuer_concurrency, args.storm_seconds, args.crypto_count

@@ -158,3 +158,23 @@ def short(examples: kit.Release) -> kit.Caller:
     account = kit.account("short", token={"ttlSeconds": SHORT_TTL, "audiences": ["ledger"]})
     kit.apply_json(examples.kube, account, kit.binding("short-writes-ledger", "ledger-writer", ["short"]))
     return kit.start_caller(examples, "short", "short", interval=1.0)
+
+
+@pytest.fixture(scope="session")
+def egress_callers(examples: kit.Release) -> tuple[kit.Caller, kit.Caller]:
+    """Two apps that never read a token, calling the ledger through the sidecar's egress mode: one with
+    a 5-minute account's mounted token Secret, one exchanging its Pod's Kubernetes token at the issuer
+    (5-minute tokens, renewed at about 80 %)."""
+    kube = examples.kube
+    kube.kubectl("create", "serviceaccount", "egress-kube", "-n", "shop")
+    token = {"ttlSeconds": SHORT_TTL, "audiences": ["ledger"]}
+    accounts = [
+        kit.account("egress-file", token=token),
+        kit.account("egress-kube", kubernetesServiceAccount={"name": "egress-kube"}, token=token),
+    ]
+    kit.apply_json(
+        kube, *accounts, kit.binding("egress-writes-ledger", "ledger-writer", ["egress-file", "egress-kube"])
+    )
+    mounted = kit.run_caller(examples, kit.egress_pod(examples, "egress-file", "egress-file"), "egress-file")
+    exchanged = kit.run_caller(examples, kit.egress_pod(examples, "egress-kube", None, "egress-kube"), "egress-kube")
+    return mounted, exchanged

@@ -4,7 +4,9 @@ workloads that call the ledger from their Pods, and read what those workloads sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 import statistics
 import time
@@ -21,7 +23,11 @@ from tests.integration.test_chart import Helm
 CHART = ROOT / "charts" / "tessera"
 RELEASE, HOME = "tessera", "tessera-system"
 LEDGER = "http://ledger.shop.svc"
+ISSUER_URL = f"https://{RELEASE}.{HOME}.svc"
 TOKEN_DIR = "/var/run/tessera/token"
+KUBE_TOKEN_DIR = "/var/run/secrets/tessera"
+BUNDLE_DIR = "/var/run/tessera/bundle"
+EGRESS = "127.0.0.1:9001"
 TESSERA_KINDS = ",".join(
     f"{k}.iam.tessera.dev" for k in ("serviceaccounts", "serviceaccountkeys", "roles", "rolebindings")
 )
@@ -147,9 +153,10 @@ class Caller:
     name: str
     account: str
     serving_since: float = 0.0  # from then on its calls are allowed (its grant reached every ledger replica)
+    container: str = "client"
 
     def calls(self, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]:
-        text = self.kube.kubectl("logs", self.name, "-n", "shop").stdout
+        text = self.kube.kubectl("logs", self.name, "-n", "shop", "-c", self.container).stdout
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         return [c for c in lines if c["t"] >= since and (until is None or c["t"] <= until)]
 
@@ -195,6 +202,77 @@ def allowed_run(calls: list[dict[str, Any]]) -> float | None:
     return float(run[0]["t"]) if len(run) >= SETTLED_RUN else None
 
 
+def start_callers(release: Release, names: Sequence[str], interval: float, hold: bool) -> list[Caller]:
+    """Caller Pods started together (each with its own account's token), returned once all are allowed."""
+    pods = []
+    for name in names:
+        command = ["python3", "/app/client.py", "loop", f"{LEDGER}/entries/1", "--token-file", f"{TOKEN_DIR}/token",
+                   "--interval", str(interval), *(["--hold"] if hold else [])]  # fmt: skip
+        pods.append(caller_pod(name, name, release.images.apps, command))
+    apply_json(release.kube, *pods)
+    release.kube.kubectl("wait", "--for=condition=Ready", *(f"pod/{n}" for n in names), "-n", "shop", "--timeout=180s")
+    callers = []
+    for name in names:
+        caller = Caller(release.kube, name, name)
+        settled = waiting.until(functools.partial(_settled, caller), timeout=240, interval=1, what=f"{name} allowed")
+        callers.append(dataclasses.replace(caller, serving_since=settled))
+    return callers
+
+
+def _settled(caller: Caller) -> float | None:
+    return allowed_run(caller.calls())
+
+
+def egress_pod(
+    release: Release, name: str, account: str | None, kubernetes_account: str | None = None
+) -> dict[str, Any]:
+    """A Pod whose app never reads a token: it calls the ledger through ``tessera sidecar --egress``, which
+    attaches ``account``'s mounted token, or (``kubernetes_account``) a token exchanged at the issuer for
+    the Pod's own Kubernetes token (the issuer's CA from the mounted trust bundle)."""
+    command = ["python3", "/app/client.py", "loop", f"http://{EGRESS}/entries/1", "--interval", "0.5"]
+    pod = caller_pod(name, None, release.images.apps, command)
+    spec = pod["spec"]
+    args = ["sidecar", "--namespace=shop", "--egress-only", f"--egress={EGRESS}={LEDGER}", "--listen=0.0.0.0:8181"]
+    if account is not None:
+        args.append(f"--token-file={TOKEN_DIR}/token")
+        mounts = [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
+        spec["volumes"] = [{"name": "token", "secret": {"secretName": f"{account}-tessera-token"}}]
+    else:
+        assert kubernetes_account is not None
+        spec["serviceAccountName"] = kubernetes_account
+        args += [f"--issuer-url={ISSUER_URL}", f"--kubernetes-token-file={KUBE_TOKEN_DIR}/token",
+                 "--egress-audience=ledger", f"--bundle-dir={BUNDLE_DIR}"]  # fmt: skip
+        mounts = [{"name": "kube-token", "mountPath": KUBE_TOKEN_DIR, "readOnly": True},
+                  {"name": "bundle", "mountPath": BUNDLE_DIR, "readOnly": True}]  # fmt: skip
+        token = {"serviceAccountToken": {"path": "token", "audience": ISSUER_URL, "expirationSeconds": 3600}}
+        spec["volumes"] = [{"name": "kube-token", "projected": {"sources": [token]}},
+                           {"name": "bundle", "configMap": {"name": "tessera-trust-bundle"}}]  # fmt: skip
+    probe = {"httpGet": {"path": "/readyz", "port": 8181}, "periodSeconds": 2}
+    spec["containers"].append(
+        {"name": "tessera-sidecar", "image": release.images.tessera, "args": args, "volumeMounts": mounts,
+         "readinessProbe": probe, "securityContext": RESTRICTED}
+    )  # fmt: skip
+    return pod
+
+
+def sidecar_readiness(kube: Cluster, pod: str, namespace: str = "shop") -> dict[str, Any]:
+    """The /readyz detail of the Tessera sidecar in ``pod`` (read from inside its container)."""
+    fetch = "import urllib.request,sys;sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:8181/readyz').read().decode())"
+    done = kube.kubectl("exec", pod, "-n", namespace, "-c", "tessera-sidecar", "--", "python", "-c", fetch, check=False)
+    found: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+    return found
+
+
+def ledger_pods(kube: Cluster) -> list[str]:
+    listed = json.loads(kube.kubectl("get", "pods", "-n", "shop", "-l", "app=ledger", "-o", "json").stdout)["items"]
+    return [p["metadata"]["name"] for p in listed if not p["metadata"].get("deletionTimestamp")]
+
+
+def channel_states(kube: Cluster) -> set[str]:
+    """The live channel's state in every ledger replica's sidecar."""
+    return {str((sidecar_readiness(kube, pod).get("channel") or {}).get("state")) for pod in ledger_pods(kube)}
+
+
 def apply_json(kube: Cluster, *documents: dict[str, Any]) -> None:
     kube.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in documents))
 
@@ -216,6 +294,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     return {
         "n": len(ordered),
         "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)], 2),  # nearest rank
         "max": round(ordered[-1], 2),
         "min": round(ordered[0], 2),
     }

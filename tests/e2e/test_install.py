@@ -52,9 +52,10 @@ def test_every_example_is_ready_and_the_ledger_pods_run_app_and_sidecar(examples
         assert all(s["ready"] and s["restartCount"] == 0 for s in pod["status"]["containerStatuses"])
 
 
-def test_the_billing_example_calls_the_ledger_with_its_mounted_token(examples: kit.Release) -> None:
-    """examples/50: the billing workload's loop prints each answer; once billing's grant has reached the
-    ledger's sidecars, it gets 200 with its identity passed on to the ledger app."""
+def test_the_billing_example_calls_the_ledger_through_egress(examples: kit.Release) -> None:
+    """examples/50: the billing app calls its sidecar's egress port without a token and prints each
+    answer; once billing's grant has reached the ledger's sidecars, it gets 200 with billing's identity
+    passed on to the ledger app."""
 
     def answered() -> list[str]:
         logs = examples.kube.kubectl("logs", "deployment/billing", "-n", "shop").stdout

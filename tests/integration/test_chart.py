@@ -26,6 +26,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from tessera import protocol
 from tessera.core import exchange, settings
 from tessera.crypto import keys
 from tessera.envtest import helm
@@ -357,7 +358,13 @@ def test_issuer_runs_with_the_charts_identity(
     cluster, run_helm = private_cluster, Helm(tmp_path / "helm", private_cluster)
     run_helm("install", RELEASE, str(CHART), "-n", HOME, "--create-namespace", *FAST)
     installed = run_helm.manifest()
-    operators.append(run_as_chart(cluster, operator_identity(cluster, tmp_path), installed, tmp_path / "operator.log"))
+    ca = chart_ca_mount(cluster, installed, tmp_path)  # what kubelet would mount into the operator Pod
+    operators.append(
+        run_as_chart(
+            cluster, operator_identity(cluster, tmp_path), installed, tmp_path / "operator.log",
+            TESSERA_ISSUER_CA_FILE=str(ca),
+        )
+    )  # fmt: skip
     identity = operator_identity(cluster, tmp_path, f"{RELEASE}-issuer")
 
     [container] = deployment_in(installed, f"{RELEASE}-issuer")["spec"]["template"]["spec"]["containers"]
@@ -414,10 +421,50 @@ def test_issuer_runs_with_the_charts_identity(
         assert forbidden(identity, "create", "configmap", "x", "-n", HOME, "--dry-run=server")
         assert forbidden(identity, "get", "pods", "-A")
         assert allowed(identity, "get", "secret", settings.ISSUER_KEYS_SECRET, "-n", HOME)
+
+        # the live bundle channel: the trust bundles (with the issuer's CA beside them), and nothing else
+        cluster.kubectl("label", "namespace", "apps", "iam.tessera.dev/trust-bundle=enabled")
+        data = waiting.until(lambda: bundle_data(cluster, "apps"), what="the trust bundle of apps")
+        assert data["issuer-ca.crt"] == ca.read_text()
+        pod_token = cluster.kubectl("create", "token", "robot", "-n", "apps", "--audience", ISSUER).stdout.strip()
+        target = protocol.bundle_target("apps", 0, 0)
+        polled = issuer.request("GET", target, headers={"Authorization": f"Bearer {pod_token}"})
+        assert polled[0] == 200 and polled[2].decode() == data["bundle.json"]
+        by_name = ("--field-selector", "metadata.name=tessera-trust-bundle")
+        assert allowed(identity, "get", "configmaps", "-A", *by_name)
+        assert allowed(identity, "get", "configmaps", "-A", "--watch", "--request-timeout=1s", *by_name)
+        assert allowed(identity, "get", "configmap", "tessera-trust-bundle", "-n", "apps")
+        assert forbidden(identity, "get", "configmaps", "-A")
+        assert forbidden(identity, "get", "configmap", "kube-root-ca.crt", "-n", "apps")
         text = issuer.logs()
         assert not re.search(r"forbidden|\b403\b", text, re.I), text[-3000:]
     finally:
         stop_process(issuer.process)
+
+
+def bundle_data(cluster: Cluster, namespace: str) -> dict[str, str] | None:
+    try:
+        return cluster.configmap_data(namespace, settings.TRUST_BUNDLE_CONFIGMAP)
+    except kubernetes.client.ApiException:
+        return None
+
+
+def chart_ca_mount(cluster: Cluster, installed: list[dict[str, Any]], folder: Path) -> Path:
+    """The file the operator Deployment's TESSERA_ISSUER_CA_FILE names, as kubelet would fill it: the
+    ca.crt of the issuer's TLS Secret (the volume is checked to say so)."""
+    [container] = deployment_in(installed)["spec"]["template"]["spec"]["containers"]
+    path = Path(next(e["value"] for e in container["env"] if e["name"] == "TESSERA_ISSUER_CA_FILE"))
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    [volume] = [
+        v for v in deployment_in(installed)["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    ]
+    assert volume["secret"]["secretName"] == f"{RELEASE}-issuer-tls"
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": path.name}]
+    secret = cluster.secret(HOME, f"{RELEASE}-issuer-tls")
+    assert secret is not None
+    local = folder / "issuer-ca.crt"
+    local.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+    return local
 
 
 def chart_tls(cluster: Cluster) -> None:

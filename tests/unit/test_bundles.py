@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
+from tessera import trustbundle
 from tessera.core import accountkeys, bundles, issuer, revocations
 from tessera.crypto import keys
 
@@ -57,9 +59,9 @@ def test_expired_keys_leave_and_their_expiry_is_the_next_change() -> None:
     soon = NOW + datetime.timedelta(minutes=5)
     key = registered("a", BILLING, keys.generate("ES256").public_key(), expires=soon)
     current = inputs(account_keys=[key])
-    assert len(bundles.document(current, NOW)["serviceAccountKeys"]["keys"]) == 1
+    assert len(bundles.document(current, NOW).account_keys) == 1
     assert bundles.next_change(current, NOW) == soon
-    assert bundles.document(current, soon)["serviceAccountKeys"]["keys"] == []
+    assert bundles.document(current, soon).account_keys == ()
 
 
 def test_a_kid_claimed_by_two_subjects_is_trusted_for_neither() -> None:
@@ -67,32 +69,79 @@ def test_a_kid_claimed_by_two_subjects_is_trusted_for_neither() -> None:
     doc = bundles.document(
         inputs(account_keys=[registered("a", BILLING, public), registered("b", LEDGER, public)]), NOW
     )
-    assert doc["serviceAccountKeys"]["keys"] == []
+    assert doc.account_keys == ()
 
 
 def test_keys_of_deleted_or_disabled_accounts_leave_at_once() -> None:
     key = registered("a", BILLING, keys.generate("ES256").public_key())
-    assert (
-        bundles.document(inputs(account_keys=[key], accounts=accounts(LEDGER)), NOW)["serviceAccountKeys"]["keys"] == []
-    )
+    assert bundles.document(inputs(account_keys=[key], accounts=accounts(LEDGER)), NOW).account_keys == ()
     disabled = accounts(BILLING, disabled=(BILLING,))
-    assert bundles.document(inputs(account_keys=[key], accounts=disabled), NOW)["serviceAccountKeys"]["keys"] == []
+    assert bundles.document(inputs(account_keys=[key], accounts=disabled), NOW).account_keys == ()
 
 
 def test_revocations_appear_until_pruned() -> None:
     revoked = revocations.revoke({}, BILLING, NOW, NOW + datetime.timedelta(minutes=1), datetime.timedelta(seconds=60))
     current = inputs(revocations=revoked)
     doc = bundles.document(current, NOW)
-    assert doc["revocations"] == [{"sub": BILLING, "notBefore": int(NOW.timestamp())}]
+    assert doc.revocations == (trustbundle.Revocation(BILLING, int(NOW.timestamp())),)
     prune_at = revoked[BILLING].prune_after
     assert bundles.next_change(current, NOW) == prune_at
-    assert bundles.document(current, prune_at)["revocations"] == []
+    assert bundles.document(current, prune_at).revocations == ()
 
 
 def test_size_limit_and_configmap_shape() -> None:
     text = bundles.render(bundles.document(inputs(), NOW))
     assert bundles.fits(text, len(text)) and not bundles.fits(text, len(text) - 1)
-    manifest = bundles.build_configmap("shop", text)
+    manifest = bundles.build_configmap("shop", {"bundle.json": text})
     assert manifest["metadata"]["name"] == "tessera-trust-bundle"
     assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "tessera"
-    assert manifest["data"] == {"bundle.json": text}
+    assert manifest["data"] == {"bundle.json": text} and "resourceVersion" not in manifest["metadata"]
+    assert bundles.build_configmap("shop", {"bundle.json": text}, "42")["metadata"]["resourceVersion"] == "42"
+
+
+# --- sequences -------------------------------------------------------------------------------------
+
+LATER = NOW + datetime.timedelta(seconds=1)
+
+
+def sequence_of(data: dict[str, str] | None) -> int | None:
+    assert data is not None
+    return trustbundle.parse(data["bundle.json"]).sequence
+
+
+def test_a_first_bundle_starts_its_sequence_at_the_current_millisecond() -> None:
+    content = bundles.render(bundles.document(inputs(), NOW))
+    data = bundles.planned_data(content, None, None, NOW)
+    assert sequence_of(data) == int(NOW.timestamp() * 1000)
+    assert data is not None and set(data) == {"bundle.json"}
+
+
+def test_unchanged_content_is_not_rewritten_whatever_its_sequence() -> None:
+    content = bundles.render(bundles.document(inputs(), NOW))
+    held = bundles.planned_data(content, None, None, NOW)
+    assert bundles.planned_data(content, None, held, LATER) is None
+
+
+def test_changed_content_gets_the_next_sequence_even_when_the_clock_is_behind() -> None:
+    before = bundles.render(bundles.document(inputs(), NOW))
+    ahead = {"bundle.json": bundles.render(dataclasses.replace(trustbundle.parse(before), sequence=9 * 10**12))}
+    after = bundles.render(bundles.document(inputs(accounts=accounts(LEDGER)), NOW))
+    assert sequence_of(bundles.planned_data(after, None, ahead, LATER)) == 9 * 10**12 + 1
+    held = bundles.planned_data(before, None, None, NOW)
+    assert sequence_of(bundles.planned_data(after, None, held, NOW)) == int(NOW.timestamp() * 1000) + 1
+
+
+def test_an_unsequenced_or_unreadable_bundle_is_replaced_by_a_sequenced_one() -> None:
+    content = bundles.render(bundles.document(inputs(), NOW))
+    for held in ({"bundle.json": content}, {"bundle.json": "{not json"}):
+        assert sequence_of(bundles.planned_data(content, None, held, NOW)) == int(NOW.timestamp() * 1000)
+
+
+def test_the_issuer_ca_travels_beside_the_bundle_and_a_new_one_is_written() -> None:
+    content = bundles.render(bundles.document(inputs(), NOW))
+    held = bundles.planned_data(content, "CA 1", None, NOW)
+    assert held is not None and held["issuer-ca.crt"] == "CA 1"
+    assert bundles.planned_data(content, "CA 1", held, LATER) is None
+    renewed = bundles.planned_data(content, "CA 2", held, LATER)
+    assert renewed is not None and renewed["issuer-ca.crt"] == "CA 2"
+    assert (sequence_of(renewed) or 0) > (sequence_of(held) or 0)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tessera import errors, trustbundle
 from tessera.core import accountkeys, bundles, issuer, revocations
 from tessera.crypto import keys
 from tessera.sidecar import metrics, rules, trust, verify
@@ -35,7 +36,7 @@ def test_reads_the_bundle_the_operator_renders() -> None:
         revocations={BILLING: revoked},
         accounts=[bundles.Account(LAPTOP, ("10.0.0.0/8",), False)],
     )
-    grants = {LAPTOP: {"permissions": ["shop.orders.*"], "services": ["orders.shop.svc"]}}
+    grants = {LAPTOP: trustbundle.Grant(("shop.orders.*",), ("orders.shop.svc",))}
     text = bundles.render(bundles.with_grants(bundles.document(inputs, now), grants))
     parsed = trust.parse(text)
     assert parsed.issuer == "https://issuer.test"
@@ -73,7 +74,7 @@ def broken(change: Any) -> str:
     ],
 )
 def test_a_broken_bundle_is_refused_with_what_is_wrong(text: str, message: str) -> None:
-    with pytest.raises(trust.BundleError, match=message):
+    with pytest.raises(errors.BundleError, match=message):
         trust.parse(text)
 
 
@@ -210,7 +211,7 @@ def test_metrics_render_decisions_latency_cache_and_bundle_state() -> None:
     m.decided(200, "permitted", 0.00007)
     m.decided(401, "expired", 0.0002)
     m.decided(401, "expired", 0.0002)
-    text = m.render((5, 2), bundle_changed_at=100.0, bundle_valid=False, now=lambda: 130.0)
+    text = m.render(metrics.Gauges((5, 2), bundle_changed_at=100.0, bundle_valid=False), now=lambda: 130.0)
     assert 'tessera_sidecar_decisions_total{result="unauthenticated",reason="expired"} 2' in text
     assert 'tessera_sidecar_decision_seconds_bucket{le="0.0001"} 1' in text
     assert 'tessera_sidecar_decision_seconds_bucket{le="+Inf"} 3' in text
@@ -241,6 +242,16 @@ def test_the_example_workload_is_consistent_with_the_sidecar() -> None:
     needed = {r.permission for r in ruleset if r.permission}
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert needed <= set(role["spec"]["permissions"])
+    assert args.issuer_url == "https://tessera.tessera-system.svc" and args.kubernetes_token_file
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "projected" in v]
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == args.issuer_url
+
+    [billing] = [d for d in yaml.safe_load_all((examples / "50-billing-caller.yaml").read_text()) if d]
+    [egress] = [c for c in billing["spec"]["template"]["spec"]["containers"] if c["name"] == "tessera-sidecar"]
+    egress_args: argparse.Namespace = cli.parser().parse_args(egress["args"])
+    assert egress_args.egress_only and egress_args.egress == ["127.0.0.1:9001=http://ledger.shop.svc"]
+    [secret] = [v["secret"]["secretName"] for v in billing["spec"]["template"]["spec"]["volumes"]]
+    assert secret == "billing-tessera-token" and egress_args.token_file.startswith("/var/run/tessera/token/")
 
 
 @settings(max_examples=500, deadline=None)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import pydantic
 from kubernetes.client import exceptions as k8s_exceptions
 
-from tessera import errors
+from tessera import errors, trustbundle
 from tessera.api import meta
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
-from tessera.core import access, bundles, settings
+from tessera.core import access, settings
 from tessera.kube import client
 
 
@@ -42,9 +41,11 @@ def _bundle_grants(kube: client.Clients, namespace: str) -> dict[str, list[str]]
         if exc.status == 404:  # no bundle in this namespace: an answer, not an error
             return None
         raise client.translate(exc, f"reading the trust bundle of {namespace}") from exc
-    text = (kube.to_dict(found).get("data") or {}).get(bundles.BUNDLE_KEY, "{}")
-    grants = json.loads(text).get("grants", {})
-    return {principal: list(grant.get("permissions", [])) for principal, grant in grants.items()}
+    text = (kube.to_dict(found).get("data") or {}).get(trustbundle.BUNDLE_KEY)
+    if not text:
+        return None
+    grants = trustbundle.parse(text).grants
+    return {principal: list(grant.permissions) for principal, grant in grants.items()}
 
 
 def run(principal: str, permission: str, namespace: str) -> int:

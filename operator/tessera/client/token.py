@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from tessera import errors
+from tessera import errors, protocol, trustbundle
 from tessera.core import exchange
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
@@ -46,7 +46,7 @@ class Remote:
 
     def post_form(self, form: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(  # noqa: S310 (the issuer is https, checked above)
-            self.issuer.rstrip("/") + "/token",
+            self.issuer.rstrip("/") + protocol.TOKEN_PATH,
             data=urllib.parse.urlencode(form).encode(),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             method="POST",
@@ -90,15 +90,14 @@ def assert_and_exchange(
     remote: Remote, private_key: Path, kid: str, subject: str, audiences: list[str], out: TextIO, err: TextIO
 ) -> int:
     private = keys.load_private_pem(private_key.read_text())
-    signed = assertion(private, kid, subject, remote.issuer.rstrip("/") + "/token", time.time())
+    signed = assertion(private, kid, subject, remote.issuer.rstrip("/") + protocol.TOKEN_PATH, time.time())
     form = [("grant_type", exchange.JWT_BEARER), ("assertion", signed), *(("audience", a) for a in audiences)]
     return _answer(*remote.post_form(form), out, err)
 
 
 def _jwks_from_bundle(path: Path) -> tuple[str, dict[str, Any], dict[str, int]]:
-    doc = json.loads(path.read_text())
-    revoked = {r["sub"]: int(r["notBefore"]) for r in doc.get("revocations", [])}
-    return str(doc.get("issuer")), doc.get("issuerKeys", {"keys": []}), revoked
+    doc = trustbundle.parse(path.read_bytes())
+    return doc.issuer, {"keys": list(doc.issuer_keys)}, doc.not_before()
 
 
 def problems(token: str, issuer: str, jwks: dict[str, Any], audience: str | None, revoked: dict[str, int]) -> list[str]:

@@ -1,37 +1,26 @@
 """The trust bundle: everything a verifier in a namespace needs, in one deterministic JSON file.
 
-``bundle.json`` in the ConfigMap ``tessera-trust-bundle`` of every namespace labelled
-``iam.tessera.dev/trust-bundle=enabled``::
-
-    {"version": 1,
-     "issuer": "https://...",                       # iss of operator-minted tokens
-     "issuerKeys": {"keys": [JWK, ...]},            # incl. the next key, published before it signs
-     "serviceAccountKeys": {"keys": [JWK + "sub" (+ "exp"), ...]},  # self-signed tokens: iss = sub
-     "revocations": [{"sub": URN, "notBefore": unix seconds}, ...],
-     "accounts": {URN: {"cidrs": [...]}},           # source ranges, for self-signed tokens too
-     "grants": {principal: {"permissions": [...], "services": [...]}}}  # this namespace's RoleBindings
-
-A principal is a service account's URN or ``user:<issuer>#<subject>`` (an identity is bound to its
-issuer).
+The format is :mod:`tessera.trustbundle` (one model for the writer here and every reader). This
+module decides the content from the operator's state: keys, revocations, account ranges and, per
+namespace, the grants; and, when a namespace's content changed, the next ``sequence``.
 
 Keys are sorted and the JSON is compact with sorted keys, so equal inputs give equal bytes and an
-unchanged bundle is never rewritten. Time enters only through expiry and pruning; :func:`next_change`
-says when the content will change by itself.
+unchanged bundle is never rewritten. Time enters only through expiry, pruning and the sequence;
+:func:`next_change` says when the content will change by itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tessera import errors, trustbundle
 from tessera.api import meta
 from tessera.core import accountkeys, issuer, revocations, settings
 
-FORMAT_VERSION = 1
-BUNDLE_KEY = "bundle.json"
+BUNDLE_KEY = trustbundle.BUNDLE_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,29 +58,29 @@ def unambiguous_keys(inputs: Inputs, now: datetime.datetime) -> list[accountkeys
     return chosen
 
 
-def with_grants(shared: Mapping[str, Any], grants: Mapping[str, Any]) -> dict[str, Any]:
-    """One namespace's bundle: the document every namespace shares plus that namespace's grants."""
-    return {**shared, "grants": dict(grants)}
+def with_grants(shared: trustbundle.Bundle, grants: Mapping[str, trustbundle.Grant]) -> trustbundle.Bundle:
+    """One namespace's bundle: the part every namespace shares plus that namespace's grants."""
+    return dataclasses.replace(shared, grants=dict(grants))
 
 
-def document(inputs: Inputs, now: datetime.datetime) -> dict[str, Any]:
+def document(inputs: Inputs, now: datetime.datetime) -> trustbundle.Bundle:
+    """The part of the bundle every namespace shares (no grants, no sequence yet)."""
     live = revocations.pruned(inputs.revocations, now)
-    cidrs = {a.subject: sorted(a.cidrs) for a in inputs.accounts if a.cidrs}
-    return {
-        "version": FORMAT_VERSION,
-        "issuer": inputs.issuer_url,
-        "issuerKeys": issuer.jwks(inputs.keyset),
-        "serviceAccountKeys": {"keys": [k.jwk for k in unambiguous_keys(inputs, now)]},
-        "revocations": [
-            {"sub": r.subject, "notBefore": int(r.not_before.timestamp())}
+    cidrs = {a.subject: tuple(sorted(a.cidrs)) for a in inputs.accounts if a.cidrs}
+    return trustbundle.Bundle(
+        issuer=inputs.issuer_url,
+        issuer_keys=tuple(issuer.jwks(inputs.keyset)["keys"]),
+        account_keys=tuple(k.jwk for k in unambiguous_keys(inputs, now)),
+        revocations=tuple(
+            trustbundle.Revocation(r.subject, int(r.not_before.timestamp()))
             for r in sorted(live.values(), key=lambda r: r.subject)
-        ],
-        "accounts": {subject: {"cidrs": cidrs[subject]} for subject in sorted(cidrs)},
-    }
+        ),
+        accounts={subject: cidrs[subject] for subject in sorted(cidrs)},
+    )
 
 
-def render(doc: Mapping[str, Any]) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+def render(bundle: trustbundle.Bundle) -> str:
+    return trustbundle.render(bundle)
 
 
 def next_change(inputs: Inputs, now: datetime.datetime) -> datetime.datetime | None:
@@ -107,14 +96,48 @@ def fits(text: str, limit: int) -> bool:
     return len(text.encode()) <= limit
 
 
-def build_configmap(namespace: str, text: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": settings.TRUST_BUNDLE_CONFIGMAP,
-            "namespace": namespace,
-            "labels": {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, f"{meta.GROUP}/component": "trust-bundle"},
-        },
-        "data": {BUNDLE_KEY: text},
+def next_sequence(previous: int | None, now: datetime.datetime) -> int:
+    """One more than the previous bundle's, and never less than ``now`` in milliseconds: so the
+    sequence also grows across a lost ConfigMap or a reinstall, where the previous one is unknown
+    (sidecars still holding an old bundle must accept the new one)."""
+    return max((previous or 0) + 1, int(now.timestamp() * 1000))
+
+
+def planned_data(
+    content: str, issuer_ca: str | None, current: Mapping[str, str] | None, now: datetime.datetime
+) -> dict[str, str] | None:
+    """The data to write into a namespace's bundle ConfigMap, given the unsequenced ``content`` (from
+    :func:`render`) and what the ConfigMap holds now; None when it holds this content already, under
+    any sequence. A bundle that cannot be read, or has no sequence yet, is replaced."""
+    previous = None
+    held = (current or {}).get(BUNDLE_KEY)
+    if held:
+        try:
+            parsed = trustbundle.parse(held)
+        except errors.BundleError:
+            parsed = None
+        if parsed is not None:
+            unchanged = render(dataclasses.replace(parsed, sequence=None)) == content
+            if (
+                unchanged
+                and parsed.sequence is not None
+                and (current or {}).get(trustbundle.ISSUER_CA_KEY) == issuer_ca
+            ):
+                return None
+            previous = parsed.sequence
+    sequenced = dataclasses.replace(trustbundle.parse(content), sequence=next_sequence(previous, now))
+    data = {BUNDLE_KEY: render(sequenced)}
+    if issuer_ca:
+        data[trustbundle.ISSUER_CA_KEY] = issuer_ca
+    return data
+
+
+def build_configmap(namespace: str, data: Mapping[str, str], resource_version: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": settings.TRUST_BUNDLE_CONFIGMAP,
+        "namespace": namespace,
+        "labels": {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, f"{meta.GROUP}/component": "trust-bundle"},
     }
+    if resource_version is not None:
+        metadata["resourceVersion"] = resource_version  # a replace that fails if anyone wrote since the read
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": dict(data)}

@@ -20,18 +20,18 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from tessera import errors, permissions
+from tessera import errors, permissions, protocol
 from tessera.api import identityprovider as idp_api
 from tessera.api import serviceaccount as sa_api
 from tessera.api import serviceaccountkey as sak_api
 from tessera.core import issuer, providers, settings, tokens
 from tessera.crypto import keys
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (a URN)
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 (a URN)
-TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 (a URN)
+TOKEN_EXCHANGE = protocol.TOKEN_EXCHANGE
+JWT_BEARER = protocol.JWT_BEARER
+TYPE_JWT = protocol.TYPE_JWT
+TYPE_ACCESS_TOKEN = protocol.TYPE_ACCESS_TOKEN
+TYPE_ID_TOKEN = protocol.TYPE_ID_TOKEN
 SUBJECT_TOKEN_TYPES = frozenset({TYPE_JWT, TYPE_ACCESS_TOKEN, TYPE_ID_TOKEN})
 REQUESTED_TOKEN_TYPES = frozenset({TYPE_ACCESS_TOKEN, TYPE_JWT})
 REPEATABLE = frozenset({"audience", "resource"})  # RFC 8693 section 2.1: may appear more than once
@@ -279,7 +279,7 @@ def discovery(cfg: settings.Settings, keyset: issuer.KeySet) -> dict[str, Any]:
     return {
         "issuer": cfg.issuer,
         "jwks_uri": f"{base}/jwks",
-        "token_endpoint": f"{base}/token",
+        "token_endpoint": base + protocol.TOKEN_PATH,
         "grant_types_supported": [TOKEN_EXCHANGE, JWT_BEARER],
         "token_endpoint_auth_methods_supported": ["none"],
         "response_types_supported": ["id_token"],
@@ -290,4 +290,4 @@ def discovery(cfg: settings.Settings, keyset: issuer.KeySet) -> dict[str, Any]:
 
 
 def token_endpoint(cfg: settings.Settings) -> str:
-    return cfg.issuer.rstrip("/") + "/token"
+    return cfg.issuer.rstrip("/") + protocol.TOKEN_PATH

@@ -58,6 +58,9 @@ class Settings:
     # (``kubectl create token --audience``, a projected token's ``audience``); empty: the issuer URL.
     kubernetes_audience: str = ""
     provider_refetch: datetime.timedelta = datetime.timedelta(seconds=PROVIDER_REFETCH_SECONDS)
+    # The issuer service's CA certificate (PEM file); when set, every trust bundle ConfigMap carries it
+    # beside bundle.json, so sidecars can reach the issuer's live bundle channel and token endpoint.
+    issuer_ca_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.kubernetes_audience:
@@ -116,4 +119,5 @@ class Settings:
             token_grants_max_bytes=grants_max,
             kubernetes_audience=env.get("TESSERA_KUBERNETES_AUDIENCE", ""),
             provider_refetch=refetch,
+            issuer_ca_file=env.get("TESSERA_ISSUER_CA_FILE", ""),
         )

@@ -6,6 +6,10 @@
 - ``POST /token``: form-encoded (RFC 6749 section 3.2), at most :data:`MAX_BODY_BYTES`; JSON
   answers with ``Cache-Control: no-store``; refusals are 400 with an RFC error code (413 for an
   oversized body, 405 for another method), failures of the API server or a provider 503. Never 500.
+- ``GET /bundles/<namespace>?after=<sequence>&wait=<seconds>``: the live trust bundle channel
+  (:mod:`tessera.protocol`): a Pod's Kubernetes token reads its own namespace's bundle as soon as it
+  is newer than ``after``, else 304 after ``wait``; 400/401/403/404 with a reason, 503 with
+  Retry-After while starting or shedding load.
 - ``GET /healthz`` (alive) and ``/readyz`` (every cache listed, an issuer key known).
 
 Every replica serves alone: all state comes from the API server, and the one shared write, an
@@ -26,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from tessera import errors
-from tessera.core import exchange, issuer, settings
-from tessera.issuer import caches, grants
+from tessera import errors, protocol
+from tessera.core import channel, exchange, issuer, settings
+from tessera.issuer import bundles, caches, grants
 from tessera.kube import client, issuing
 from tessera.remote import providerkeys
 
@@ -40,6 +44,8 @@ MAX_FIELDS = 32
 FORM = "application/x-www-form-urlencoded"
 SWEEP_SECONDS = 300.0
 CONTEXT: web.AppKey[grants.Context] = web.AppKey("context", grants.Context)
+HUB: web.AppKey[bundles.Hub] = web.AppKey("hub", bundles.Hub)
+REVIEWS: web.AppKey[bundles.Reviews] = web.AppKey("reviews", bundles.Reviews)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,27 +128,63 @@ async def token(request: web.Request) -> web.Response:
     return _json(issued.body)
 
 
+def _refused(refused: channel.Refused) -> web.Response:
+    return web.Response(
+        status=refused.status, body=refused.body(), content_type="application/json", headers=refused.headers()
+    )
+
+
+async def bundle(request: web.Request) -> web.StreamResponse:
+    """One long poll of a namespace's trust bundle (the live channel)."""
+    hub, reviews = request.app[HUB], request.app[REVIEWS]
+    try:
+        poll = channel.poll(request.match_info["namespace"], request.query)
+        token = channel.bearer(request.headers.getall(hdrs.AUTHORIZATION, []))
+        if not hub.informer.synced.is_set():
+            raise channel.Refused(503, "starting", "the issuer is still listing the trust bundles", 2)
+        channel.may_read(await reviews.namespace(token), poll)
+        if hub.current(poll.namespace) is None:
+            raise channel.Refused(404, "no_bundle", f"namespace {poll.namespace} has no trust bundle (not opted in?)")
+        found = await hub.newer(poll.namespace, poll.after, poll.wait)
+    except channel.Refused as refused:
+        if refused.status >= 500 or refused.status == 401:
+            log.info("Refused a bundle poll from %s: %s", request.remote, refused.reason)
+        return _refused(refused)
+    if found is None:
+        current = hub.current(poll.namespace)
+        etag = f'"{current.sequence}"' if current is not None else '"0"'
+        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": "no-store"})
+    headers = {"ETag": f'"{found.sequence}"', "Cache-Control": "no-store"}
+    return web.Response(body=found.text, content_type="application/json", headers=headers)
+
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"alive": True})
 
 
 async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    detail = {each.what: each.synced.is_set() for each in ctx.caches.all}
-    ready = ctx.caches.synced()
-    return web.json_response({"ready": ready, "caches": detail}, status=200 if ready else 503)
+    hub = request.app[HUB]
+    detail = {each.what: each.synced.is_set() for each in (*ctx.caches.all, hub.informer)}
+    ready = ctx.caches.synced() and hub.informer.synced.is_set()
+    reviews = request.app[REVIEWS]
+    polls = {"waiting": hub.waiting, "reviews": reviews.reviews, "shed": reviews.shed}
+    return web.json_response({"ready": ready, "caches": detail, "channel": polls}, status=200 if ready else 503)
 
 
 async def not_found(_: web.Request) -> web.Response:
     return web.json_response({"error": "not_found"}, status=404)
 
 
-def app(ctx: grants.Context) -> web.Application:
+def app(ctx: grants.Context, hub: bundles.Hub, reviews: bundles.Reviews) -> web.Application:
     application = web.Application(client_max_size=MAX_BODY_BYTES)
     application[CONTEXT] = ctx
+    application[HUB] = hub
+    application[REVIEWS] = reviews
+    application.router.add_get(protocol.BUNDLES_PATH + "{namespace}", bundle)
     application.router.add_get("/.well-known/openid-configuration", discovery)
     application.router.add_get("/jwks", jwks)
-    application.router.add_route("*", "/token", token)
+    application.router.add_route("*", protocol.TOKEN_PATH, token)
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)
     return application
@@ -171,6 +213,8 @@ async def serve(config: Config, cfg: settings.Settings) -> None:
     kube = client.connect()
     held = caches.Caches(kube, cfg)
     held.start()
+    hub = bundles.Hub(kube)
+    hub.start(asyncio.get_running_loop())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,7 +225,8 @@ async def serve(config: Config, cfg: settings.Settings) -> None:
             return datetime.datetime.now(datetime.UTC)
 
         ctx = grants.Context(kube, cfg, held, providerkeys.Cache(session, clock, cfg.provider_refetch), clock)
-        runner = web.AppRunner(app(ctx), access_log=None)
+        reviews = bundles.Reviews(kube, cfg.kubernetes_audience)
+        runner = web.AppRunner(app(ctx, hub, reviews), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, config.listen[0], config.listen[1], ssl_context=tls_context(config))
         await site.start()
@@ -193,6 +238,7 @@ async def serve(config: Config, cfg: settings.Settings) -> None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            hub.close()  # waiting polls answer 304 and their sidecars poll another replica
             await runner.cleanup()
             held.stop()
             log.info("Stopped")

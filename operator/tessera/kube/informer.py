@@ -28,7 +28,8 @@ RETRY_SECONDS = 2.0
 
 class Informer(Generic[T]):
     """Objects returned by ``list_fn`` (a Kubernetes client list method, called with ``kwargs``),
-    parsed by ``parse`` (None leaves an object out)."""
+    parsed by ``parse`` (None leaves an object out). ``on_change`` is called (in the watch thread)
+    with the key of each object that changed, or None after a full listing."""
 
     def __init__(
         self,
@@ -36,7 +37,7 @@ class Informer(Generic[T]):
         what: str,
         list_fn: Callable[..., Any],
         parse: Callable[[dict[str, Any]], T | None],
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[Key | None], None] | None = None,
         **kwargs: Any,
     ) -> None:
         self._api, self.what, self._list, self._parse, self._kwargs = api, what, list_fn, parse, kwargs
@@ -78,12 +79,12 @@ class Informer(Generic[T]):
                 fresh[(meta.get("namespace") or "", meta.get("name") or "")] = parsed
         self.items = fresh
         self.synced.set()
-        self._changed()
+        self._changed(None)
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _changed(self) -> None:
+    def _changed(self, key: Key | None) -> None:
         if self._on_change is not None:
-            self._on_change()
+            self._on_change(key)
 
     def _run(self) -> None:
         version = ""
@@ -120,10 +121,11 @@ class Informer(Generic[T]):
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if kind == "BOOKMARK":
                 continue
+            meta = obj.get("metadata") or {}
+            key = (meta.get("namespace") or "", meta.get("name") or "")
             if kind == "DELETED":
-                meta = obj.get("metadata") or {}
-                self.items.pop((meta.get("namespace") or "", meta.get("name") or ""), None)
+                self.items.pop(key, None)
             else:
                 self._put(obj)
-            self._changed()
+            self._changed(key)
         return version

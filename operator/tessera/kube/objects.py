@@ -90,6 +90,28 @@ async def ensure_configmap(kube: client.Clients, manifest: dict[str, Any]) -> bo
     return True
 
 
+async def read_configmap(kube: client.Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    """The whole ConfigMap (with its resourceVersion), or None when it does not exist."""
+    try:
+        found = await client.call(
+            f"reading ConfigMap {namespace}/{name}", kube.core.read_namespaced_config_map, name, namespace
+        )
+    except errors.NotFound:
+        return None
+    return kube.to_dict(found)
+
+
+async def put_configmap(kube: client.Clients, manifest: dict[str, Any]) -> None:
+    """Create the ConfigMap, or, when the manifest carries the resourceVersion it was planned from,
+    replace it only if nobody wrote it since (:class:`tessera.errors.Conflict` otherwise)."""
+    namespace, name = _name(manifest)
+    what = f"writing ConfigMap {namespace}/{name}"
+    if manifest["metadata"].get("resourceVersion") is None:
+        await client.call(what, kube.core.create_namespaced_config_map, namespace, manifest)
+    else:
+        await client.call(what, kube.core.replace_namespaced_config_map, name, namespace, manifest)
+
+
 async def read_configmap_data(kube: client.Clients, namespace: str, name: str) -> dict[str, str] | None:
     """The ConfigMap's data, or None when it does not exist."""
     try:

@@ -1,9 +1,10 @@
 """The trust bundle publisher: one background task that keeps every opted-in namespace's bundle current.
 
 It wakes when an input changed (the hub) or when the bundle changes by itself (a key expires, a
-revocation is pruned), renders the bundle once, and writes it only where the content differs. A
-bundle over the size limit is not written at all: the namespace gets a Warning event instead, and
-its previous bundle stays whole.
+revocation is pruned), renders the bundle once, and writes it only where the content differs, with
+the next sequence number (read from the ConfigMap it replaces, which must be unchanged since that
+read). A bundle over the size limit is not written at all: the namespace gets a Warning event
+instead, and its previous bundle stays whole.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import datetime
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
 
-from tessera import errors
+from tessera import errors, trustbundle
 from tessera.core import bundles, settings
 from tessera.kube import client, objects
 from tessera.operator import rolebindings, state
@@ -46,11 +48,13 @@ def inputs(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> bundles.In
 class Publisher:
     def __init__(self, kube: client.Clients, cfg: settings.Settings) -> None:
         self.kube, self.cfg = kube, cfg
-        self.published: dict[str, str] = {}  # namespace -> bundle text it holds
+        # namespace -> (bundle content without its sequence, issuer CA) it holds
+        self.published: dict[str, tuple[str, str | None]] = {}
         self.warned: dict[str, str] = {}  # namespace -> digest of the oversized bundle it was warned about
         # namespace -> (shared part, grants version, text): a round re-renders only the namespaces
         # whose grants changed, unless the shared part (keys, revocations, accounts) did.
         self.rendered: dict[str, tuple[str, int, str]] = {}
+        self.ca_error: str | None = None
 
     def text(self, namespace: str, shared: str, version: int, render: Callable[[], str]) -> str:
         """The namespace's bundle text, rendered again only when its inputs changed."""
@@ -61,7 +65,21 @@ class Publisher:
         self.rendered[namespace] = (shared, version, text)
         return text
 
-    async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str]) -> bool:
+    def issuer_ca(self) -> str | None:
+        """The issuer service's CA certificate to publish beside the bundle (None: not configured or unreadable)."""
+        if not self.cfg.issuer_ca_file:
+            return None
+        try:
+            found = Path(self.cfg.issuer_ca_file).read_text() or None
+        except OSError as exc:
+            if self.ca_error != exc.strerror:  # once per cause, not at every round
+                logger.warning("Could not read the issuer CA %s: %s", self.cfg.issuer_ca_file, exc.strerror)
+            self.ca_error = exc.strerror
+            return None
+        self.ca_error = None
+        return found
+
+    async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str], now: datetime.datetime) -> bool:
         """Bring every namespace (name -> uid) to its bundle; drop bundles where the opt-in is gone.
 
         Return whether everything succeeded (failures are retried on the next round)."""
@@ -76,24 +94,31 @@ class Publisher:
                     return False
                 return True
 
+        ca = self.issuer_ca()
         texts = {ns: text_for(ns) for ns in namespaces}
         for gone in set(self.rendered) - set(namespaces):
             del self.rendered[gone]
         jobs = [
-            one(self._write(ns, uid, texts[ns]))
+            one(self._write(ns, uid, texts[ns], ca, now))
             for ns, uid in namespaces.items()
-            if self.published.get(ns) != texts[ns]
+            if self.published.get(ns) != (texts[ns], ca)
         ]
         jobs += [one(self._withdraw(ns)) for ns in list(self.published) if ns not in namespaces]
         return all(await asyncio.gather(*jobs))
 
-    async def _write(self, namespace: str, uid: str, text: str) -> None:
-        if not bundles.fits(text, self.cfg.bundle_max_bytes):
-            await self._warn_oversized(namespace, uid, text)
-            return
-        if await objects.ensure_configmap(self.kube, bundles.build_configmap(namespace, text)):
-            logger.info("Updated the trust bundle in %s/%s", namespace, settings.TRUST_BUNDLE_CONFIGMAP)
-        self.published[namespace] = text
+    async def _write(self, namespace: str, uid: str, content: str, ca: str | None, now: datetime.datetime) -> None:
+        name = settings.TRUST_BUNDLE_CONFIGMAP
+        current = await objects.read_configmap(self.kube, namespace, name)
+        data = bundles.planned_data(content, ca, current and current.get("data"), now)
+        if data is not None:
+            text = data[trustbundle.BUNDLE_KEY]
+            if not bundles.fits(text, self.cfg.bundle_max_bytes):
+                await self._warn_oversized(namespace, uid, text)
+                return
+            version = current["metadata"]["resourceVersion"] if current else None
+            await objects.put_configmap(self.kube, bundles.build_configmap(namespace, data, version))
+            logger.info("Updated the trust bundle in %s/%s", namespace, name)
+        self.published[namespace] = (content, ca)
         self.warned.pop(namespace, None)
 
     async def _warn_oversized(self, namespace: str, uid: str, text: str) -> None:
@@ -143,7 +168,7 @@ async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]
                 lambda: bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(memo, namespace))),
             )
 
-        ok = await publisher.sync(namespaces, text_for)
+        ok = await publisher.sync(namespaces, text_for, now)
         pause = state.seconds_until(bundles.next_change(current, now))
         return pause if ok else min(pause, state.RETRY_SECONDS)
 

@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 import pydantic
 
-from tessera import errors
+from tessera import errors, trustbundle
 from tessera.api import meta
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
@@ -241,8 +241,8 @@ def grants_version(memo: Any, namespace: str) -> int:
     return engine.grants_version(namespace) if engine else -1
 
 
-def bundle_grants(memo: Any, namespace: str) -> dict[str, Any]:
+def bundle_grants(memo: Any, namespace: str) -> dict[str, trustbundle.Grant]:
     """The grants of one namespace, as its trust bundle carries them (principal -> permissions, services)."""
     engine: grants.Engine | None = memo.grants.engine
     given: Mapping[str, grants.Grant] = engine.result.grants.get(namespace, {}) if engine else {}
-    return {p: {"permissions": list(g.permissions), "services": list(g.services)} for p, g in sorted(given.items())}
+    return {p: trustbundle.Grant(tuple(g.permissions), tuple(g.services)) for p, g in sorted(given.items())}
