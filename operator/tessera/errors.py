@@ -8,6 +8,7 @@
     |   +-- Conflict          409: already exists, or a stale resourceVersion
     |   +-- Forbidden
     |   +-- Invalid           422: the API server rejected the object
+    |   +-- Unavailable       no answer: connection refused or reset, timed out
     +-- ConfigError           operator or sidecar settings are unusable
 
 Messages never carry key material or tokens.
@@ -54,3 +55,7 @@ class Forbidden(KubeError):
 
 class Invalid(KubeError):
     """422: the API server rejected the object as invalid."""
+
+
+class Unavailable(KubeError):
+    """The API server did not answer (connection refused or reset, a timeout): retry once it does."""

@@ -7,6 +7,8 @@
   often the trust bundle of their (opted-in) namespace was rewritten meanwhile.
 - disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
 - grants at scale (:mod:`tests.bench.grants_scale`): 10,000 RoleBindings over 2,000 principals.
+- where the memory goes (:mod:`tests.bench.memory`): tracemalloc at the peak and at rest, by allocation
+  site, over the same objects, next to the Kopf floor (Kopf alone with empty handlers).
 - the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
 - the issuer service (:mod:`tests.bench.issuer`): token exchanges on one core next to raw sign + verify;
   requests reaching an identity provider during an unknown-kid storm.
@@ -38,7 +40,7 @@ from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
-from tests.bench import common, grants_scale, sidecar
+from tests.bench import common, grants_scale, memory, sidecar
 from tests.bench import issuer as issuer_service
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -253,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--issuer-concurrency", type=int, default=16, help="connections of the token endpoint load")
     parser.add_argument("--storm-seconds", type=float, default=90.0, help="length of the unknown-kid storm")
     parser.add_argument(
-        "--only", choices=("crypto", "cluster", "grants", "sidecar", "issuer"), action="append", help="run only these"
+        "--only",
+        choices=("crypto", "cluster", "grants", "memory", "sidecar", "issuer"),
+        action="append",
+        help="run only these",
     )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "grants", "sidecar", "issuer"))
+    only = set(args.only or ("crypto", "cluster", "grants", "memory", "sidecar", "issuer"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -273,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "grants" in only:
         results["grants"] = grants_scale.grants_bench(args.bindings, args.principals, args.tenants, args.changes)
+    if "memory" in only:
+        results["memory"] = memory.memory_bench(args.bindings, args.principals, args.tenants)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0

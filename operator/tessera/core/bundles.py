@@ -28,10 +28,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tessera.api import meta
-from tessera.core import accountkeys, issuer, revocations, settings
+from tessera.api import serviceaccount as sa_api
+from tessera.core import accountkeys, revocations, settings
 
 FORMAT_VERSION = 1
 BUNDLE_KEY = "bundle.json"
+COMPONENT = "trust-bundle"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +44,15 @@ class Account:
     cidrs: tuple[str, ...]
     disabled: bool
 
+    @classmethod
+    def of(cls, sa: sa_api.ServiceAccount) -> Account:
+        return cls(sa.subject, tuple(sorted(sa.spec.allowed_cidrs)), sa.spec.disabled)
+
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     issuer_url: str
-    keyset: issuer.KeySet
+    issuer_jwks: Mapping[str, Any]  # {"keys": [public JWK, ...]}: see :func:`tessera.core.issuer.jwks`
     account_keys: Sequence[accountkeys.RegisteredKey]
     revocations: revocations.Revocations
     accounts: Sequence[Account]
@@ -80,7 +86,7 @@ def document(inputs: Inputs, now: datetime.datetime) -> dict[str, Any]:
     return {
         "version": FORMAT_VERSION,
         "issuer": inputs.issuer_url,
-        "issuerKeys": issuer.jwks(inputs.keyset),
+        "issuerKeys": dict(inputs.issuer_jwks),
         "serviceAccountKeys": {"keys": [k.jwk for k in unambiguous_keys(inputs, now)]},
         "revocations": [
             {"sub": r.subject, "notBefore": int(r.not_before.timestamp())}
@@ -114,7 +120,7 @@ def build_configmap(namespace: str, text: str) -> dict[str, Any]:
         "metadata": {
             "name": settings.TRUST_BUNDLE_CONFIGMAP,
             "namespace": namespace,
-            "labels": {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, f"{meta.GROUP}/component": "trust-bundle"},
+            "labels": {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, meta.PART_OF_LABEL: COMPONENT},
         },
         "data": {BUNDLE_KEY: text},
     }
