@@ -18,6 +18,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "tessera"
 
+# A deleted ServiceAccount stays until the operator has revoked its tokens and removed this.
+FINALIZER = f"{GROUP}/finalizer"
+
 # Labels and annotations Tessera puts on what it owns. Watches select on MANAGED_BY_LABEL.
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "tessera"
@@ -111,7 +114,9 @@ class Metadata(Model):
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
+    resource_version: str | None = None
     deletion_timestamp: datetime.datetime | None = None
+    finalizers: tuple[str, ...] = ()
 
 
 class Resource(Model):

@@ -206,3 +206,19 @@ async def create_or_read_secret(kube: client.Clients, manifest: dict[str, Any]) 
         )
         return False, kube.to_dict(existing)
     return True, kube.to_dict(created)
+
+
+async def set_finalizers(
+    kube: client.Clients, plural: str, namespace: str, name: str, finalizers: list[str], version: str | None
+) -> str | None:
+    """Make ``finalizers`` the resource's list, if it is still at ``version`` (else :class:`errors.Conflict`);
+    return the new resourceVersion, None when the resource is gone."""
+    body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
+    what = f"updating the finalizers of {plural}/{name} in {namespace}"
+    try:
+        done = await kube.call(
+            what, kube.custom.patch_namespaced_custom_object, meta.GROUP, meta.VERSION, namespace, plural, name, body
+        )
+    except errors.NotFound:
+        return None
+    return version_of(done)

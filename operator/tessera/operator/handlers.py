@@ -3,9 +3,10 @@
 Kopf watches the resources and fills the indexes; one event handler per resource feeds the grants
 engine, wakes the bundle publisher and puts the object on the work queue (:mod:`workqueue`), whose
 workers reconcile by kind (:mod:`serviceaccounts`, :mod:`accountkeys`, :mod:`rolebindings`,
-:mod:`identityproviders`). The only change handler is the ServiceAccount deletion (a finalizer: a
-deletion while the operator is down is still revoked). Operator-wide work runs as background tasks
-started here: bundle publishing, key rotation, keeping the operator namespace's objects whole.
+:mod:`identityproviders`). Kopf has no change handler and writes nothing per object (no finalizer, no
+last-handled or progress annotation): the ServiceAccount finalizer is the operator's own.
+Operator-wide work runs as background tasks started here: bundle publishing, key rotation, keeping
+the operator namespace's objects whole.
 Watches are narrowed on the server (Secrets by label, ConfigMaps by name), so the operator never
 receives other people's Secrets or ConfigMaps.
 """
@@ -56,8 +57,8 @@ log = logging.getLogger("tessera.operator")
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
-    """Kopf keeps no last-handled state on Tessera's objects: the only change handler is a deletion,
-    which needs no diff, and storing one would cost a write for every create and update."""
+    """Kopf keeps no last-handled state on Tessera's objects: there is no change handler to diff for, and
+    storing one would cost a write for every create and update."""
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return None
@@ -69,10 +70,14 @@ class NoDiffBase(kopf.DiffBaseStorage):
 def _configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{meta.GROUP}")
     settings.persistence.diffbase_storage = NoDiffBase()
-    settings.persistence.finalizer = f"{meta.GROUP}/finalizer"
+    # Kopf adds no finalizer (no handler of ours needs one); Tessera's own (meta.FINALIZER) is its to keep.
+    settings.persistence.finalizer = f"kopf.{meta.GROUP}/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.label_selectors["secrets"] = MANAGED
+    # Kopf's own requests (its watches above all) retry for about ten minutes before giving up, which
+    # would stop the operator: an API server outage is waited out, not turned into a restart.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, *(10,) * 60)
 
 
 def _informers(rt: runtime.Runtime) -> list[informer.Informer[Any]]:
@@ -178,10 +183,12 @@ def _started(rt: runtime.Runtime) -> None:
 
 
 async def serviceaccount_event(
-    memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any
+    memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None, **_: Any
 ) -> None:
     _started(memo)
     ns, nm = namespace or "", name or ""
+    if type == "DELETED":
+        serviceaccounts.forget(memo, ns, nm)
     memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
     rolebindings.account_changed(memo, ns, nm)
     memo.hub.touch()
@@ -263,4 +270,3 @@ def register(registry: kopf.OperatorRegistry) -> None:
     )
     for resource, handler, labels, handler_id in events:
         kopf.on.event(*resource, labels=labels, registry=registry, id=handler_id)(handler)
-    kopf.on.delete(*sa, registry=registry, id="revoke")(serviceaccounts.serviceaccount_delete)

@@ -1,7 +1,8 @@
 """ServiceAccounts: keep each account's token Secret current and its status true; revoke on disable and delete.
 
 Kopf's events put the account on the work queue (a change of the account, of its token Secret, of
-its grants); :func:`reconcile` decides in :mod:`tessera.core.tokens`, writes what differs, and
+its grants); :func:`reconcile` puts the finalizer on first (a deletion is then always revoked, also
+one made while the operator is down), decides in :mod:`tessera.core.tokens`, writes what differs, and
 returns when the token is next due, so the queue looks again then (no timer per account). Observed
 token facts come from an index over the token Secrets (selected by label), so a look costs no API
 call. A deleted or damaged token Secret (its token replaced, its facts removed) is noticed by its
@@ -25,6 +26,7 @@ import kopf
 import pydantic
 
 from tessera import errors
+from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
 from tessera.core import grants, issuer, revocations, secrets, status, tokens
 from tessera.crypto import tokens as crypto_tokens
@@ -92,9 +94,17 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     """Bring one account's token Secret and status to what they should be; seconds until the next look."""
     ref = (namespace, name)
     sa = runtime.first(rt.indexes.accounts, ref)
-    if sa is None or sa.metadata.deletion_timestamp is not None:
-        return None  # gone, or going: the delete handler revokes
+    if sa is None:
+        return None
+    if sa.metadata.deletion_timestamp is not None:
+        await _deleted(rt, sa)
+        return None
     await rt.grants.built.wait()  # tokens carry grants: never issue one without them
+    if meta.FINALIZER not in sa.metadata.finalizers:  # before any token: its deletion must be revoked
+        finalizers = [*sa.metadata.finalizers, meta.FINALIZER]
+        await objects.set_finalizers(
+            rt.kube, sa_api.INFO.plural, namespace, name, finalizers, sa.metadata.resource_version
+        )
     claim, summary = _grants(rt, sa.subject)
     now = utcnow()
     observed = _observed(rt, ref)
@@ -176,19 +186,26 @@ async def _apply(
             rt.tokens_written.wrote(ref, emptied, None)
 
 
-async def serviceaccount_delete(
-    memo: runtime.Runtime, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
-) -> None:
-    """Revoke what the account was issued (its Secret goes with it), then forget its bookkeeping.
+async def _deleted(rt: runtime.Runtime, sa: sa_api.ServiceAccount) -> None:
+    """Revoke what a deleted account was issued (its Secret goes with it), then let the deletion finish.
 
-    This handler holds a finalizer, so a deletion while the operator is down is revoked on its return."""
-    ref = (namespace or "", name or "")
-    observed = _observed(memo, ref)
+    The finalizer holds the account until this ran, so a deletion while the operator is down is
+    revoked on its return."""
+    if meta.FINALIZER not in sa.metadata.finalizers:
+        return
+    ref = (sa.namespace, sa.name)
+    observed = _observed(rt, ref)
     if observed is not None:
-        try:
-            await memo.revocations.revoke(sa_api.subject_urn(*ref), utcnow(), observed)
-        except errors.KubeError as exc:
-            raise kopf.TemporaryError(f"{exc}; will retry", delay=5) from exc
-        logger.info("Revoked the tokens issued so far in every trust bundle: the account was deleted")
-    memo.tokens_written.forget(ref)
-    memo.queue.forget(key(*ref))
+        await rt.revocations.revoke(sa.subject, utcnow(), observed)
+        logger.info("[%s/%s] Revoked the tokens issued so far in every trust bundle: the account was deleted", *ref)
+    others = [f for f in sa.metadata.finalizers if f != meta.FINALIZER]
+    await objects.set_finalizers(
+        rt.kube, sa_api.INFO.plural, sa.namespace, sa.name, others, sa.metadata.resource_version
+    )
+
+
+def forget(rt: runtime.Runtime, namespace: str, name: str) -> None:
+    """The account is gone for good: drop what the operator kept about it."""
+    rt.tokens_written.forget((namespace, name))
+    rt.statuses_written.forget(key(namespace, name))
+    rt.queue.forget(key(namespace, name))
