@@ -10,6 +10,8 @@
 - where the memory goes (:mod:`tests.bench.memory`): tracemalloc at the peak and at rest, by allocation
   site, over the same objects, next to the Kopf floor (Kopf alone with empty handlers).
 - the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
+- healing (:mod:`tests.bench.healing`): damage -> repaired for every kind of object the operator keeps;
+  an API server outage -> every due token current again.
 - the issuer service (:mod:`tests.bench.issuer`): token exchanges on one core next to raw sign + verify;
   requests reaching an identity provider during an unknown-kid storm.
 """
@@ -40,7 +42,7 @@ from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
-from tests.bench import common, grants_scale, memory, sidecar
+from tests.bench import common, grants_scale, healing, memory, sidecar
 from tests.bench import issuer as issuer_service
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -84,7 +86,7 @@ class ReadyWatcher:
         while not self._stop.is_set():
             stream = kubernetes.watch.Watch().stream(
                 cluster.custom.list_namespaced_custom_object, meta.GROUP, meta.VERSION, namespace, "serviceaccounts",
-                timeout_seconds=5,
+                timeout_seconds=60,
             )  # fmt: skip
             for event in stream:
                 obj = event["object"]
@@ -203,6 +205,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
         "create_calls_s": created,
         "all_ready_s": total,
         "ready_per_s": count / total,
+        "all_ready_over_create_calls": total / created,
         "operator_idle": idle,
         "operator_after": common.memory_kib(operator_pid),
         "bundle_writes_during_burst": writes.stop(),
@@ -242,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--sequential", type=int, default=50, help="ServiceAccounts applied one by one")
-    parser.add_argument("--burst", type=int, default=1000, help="ServiceAccounts created at once")
+    parser.add_argument("--burst", type=int, default=10_000, help="ServiceAccounts created at once")
+    parser.add_argument("--heal-accounts", type=int, default=50, help="accounts (60 s tokens) in the healing bench")
+    parser.add_argument("--heal-repeats", type=int, default=10, help="damages timed per kind of object")
     parser.add_argument("--crypto-count", type=int, default=2000, help="operations per crypto figure")
     parser.add_argument("--bindings", type=int, default=10_000, help="RoleBindings in the grants bench")
     parser.add_argument("--principals", type=int, default=2_000, help="principals (half of them ServiceAccounts)")
@@ -256,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm-seconds", type=float, default=90.0, help="length of the unknown-kid storm")
     parser.add_argument(
         "--only",
-        choices=("crypto", "cluster", "grants", "memory", "sidecar", "issuer"),
+        choices=("crypto", "cluster", "healing", "grants", "memory", "sidecar", "issuer"),
         action="append",
         help="run only these",
     )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "grants", "memory", "sidecar", "issuer"))
+    only = set(args.only or ("crypto", "cluster", "healing", "grants", "memory", "sidecar", "issuer"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -270,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         results["crypto"] = crypto_bench(args.crypto_count)
     if "cluster" in only:
         results["cluster"] = cluster_bench(args.sequential, args.burst)
+    if "healing" in only:
+        results["healing"] = healing.healing_bench(args.heal_accounts, args.heal_repeats)
     if "sidecar" in only:
         results["sidecar"] = sidecar.sidecar_bench(args.sidecar_count, args.sidecar_concurrency, args.sidecar_seconds)
     if "issuer" in only:

@@ -1,7 +1,7 @@
 """The Kubernetes client: configuration, a thread hop for the blocking client, error translation.
 
-The official client blocks, so every call runs in a worker thread of the client's own pool (sized
-with the connection pool, so no call waits for a connection) and the operator's event loop stays
+The official client blocks, so every call runs in a worker thread of the client's own pool (the
+connection pool has a connection for each, and for each informer's watch) and the operator's event loop stays
 free for Kopf's watches. Every call has a timeout: a hung connection fails like any other transient
 error instead of holding a thread forever. Errors come back as :mod:`tessera.errors`: an answer
 with an HTTP status by its status, no answer at all (refused, reset, timed out) as
@@ -32,7 +32,8 @@ _BY_STATUS: dict[int, type[errors.KubeError]] = {
     403: errors.Forbidden,
     422: errors.Invalid,
 }
-THREADS = 16  # concurrent API calls; the connection pool has as many connections
+THREADS = 16  # concurrent API calls
+WATCHES = 8  # connections held by informers' watches (each in a thread of its own), beside the calls
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 
@@ -61,7 +62,7 @@ def connect(threads: int = THREADS, observe: Callable[[str, str], None] | None =
         kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config(client_configuration=config)
-    config.connection_pool_maxsize = threads
+    config.connection_pool_maxsize = threads + WATCHES
     api = kubernetes.client.ApiClient(config)
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="kube")
     return Clients(api, kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api), pool, observe)

@@ -51,8 +51,8 @@ async def key_secret_changed(
 ) -> None:
     """A generated key's Secret changed or went: look at its key."""
     ref = (namespace or "", labels[accountkeys.KEY_FOR_LABEL])
-    memo.key_secrets_written.seen(ref, meta.get("resourceVersion"), gone=type == "DELETED")
-    memo.queue.add(key(*ref))
+    if not memo.key_secrets_written.seen(ref, meta.get("resourceVersion"), gone=type == "DELETED"):
+        memo.queue.add(key(*ref))
 
 
 def keys_of_account(rt: runtime.Runtime, namespace: str, account: str) -> list[workqueue.Key]:

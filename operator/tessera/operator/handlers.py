@@ -189,34 +189,36 @@ async def serviceaccount_event(
     ns, nm = namespace or "", name or ""
     if type == "DELETED":
         serviceaccounts.forget(memo, ns, nm)
-    memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
+    echo = memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
     rolebindings.account_changed(memo, ns, nm)
     memo.hub.touch()
-    memo.queue.add(serviceaccounts.key(ns, nm))
-    memo.queue.add_all(accountkeys.keys_of_account(memo, ns, nm))  # a key waiting for its account
+    if not echo:  # our own status write coming back has nothing new to look at
+        memo.queue.add(serviceaccounts.key(ns, nm))
+        memo.queue.add_all(accountkeys.keys_of_account(memo, ns, nm))  # a key waiting for its account
 
 
 async def serviceaccountkey_event(
     memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any
 ) -> None:
     _started(memo)
-    memo.statuses_written.seen((accountkeys.KIND, namespace or "", name or ""), meta.get("resourceVersion"))
     memo.hub.touch()
-    memo.queue.add(accountkeys.key(namespace or "", name or ""))
+    if not memo.statuses_written.seen((accountkeys.KIND, namespace or "", name or ""), meta.get("resourceVersion")):
+        memo.queue.add(accountkeys.key(namespace or "", name or ""))
 
 
 async def role_event(memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any) -> None:
     _started(memo)
-    memo.statuses_written.seen((rolebindings.ROLE, namespace or "", name or ""), meta.get("resourceVersion"))
-    rolebindings.role_changed(memo, namespace, name)
+    echo = memo.statuses_written.seen((rolebindings.ROLE, namespace or "", name or ""), meta.get("resourceVersion"))
+    rolebindings.role_changed(memo, namespace, name, look=not echo)
 
 
 async def rolebinding_event(
     memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any
 ) -> None:
     _started(memo)
-    memo.statuses_written.seen((rolebindings.BINDING, namespace or "", name or ""), meta.get("resourceVersion"))
-    rolebindings.binding_changed(memo, namespace, name)
+    key = (rolebindings.BINDING, namespace or "", name or "")
+    echo = memo.statuses_written.seen(key, meta.get("resourceVersion"))
+    rolebindings.binding_changed(memo, namespace, name, look=not echo)
 
 
 async def namespace_event(memo: runtime.Runtime, name: str | None, **_: Any) -> None:
@@ -227,8 +229,8 @@ async def namespace_event(memo: runtime.Runtime, name: str | None, **_: Any) -> 
 
 async def identityprovider_event(memo: runtime.Runtime, name: str | None, meta: kopf.Meta, **_: Any) -> None:
     _started(memo)
-    memo.statuses_written.seen((identityproviders.KIND, "", name or ""), meta.get("resourceVersion"))
-    memo.queue.add(identityproviders.key(name or ""))
+    if not memo.statuses_written.seen((identityproviders.KIND, "", name or ""), meta.get("resourceVersion")):
+        memo.queue.add(identityproviders.key(name or ""))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

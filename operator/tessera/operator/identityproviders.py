@@ -2,7 +2,8 @@
 
 The status says whether the issuer can exchange the provider's tokens (Ready, the key count, the kids,
 when they were fetched); a provider whose keys cannot be fetched is Ready=False with the reason and
-one Warning per change, and is tried again after :data:`tessera.core.providers.FAILED_RETRY`. The
+one Warning per change, and is tried again with backoff (1 s doubling up to
+:data:`tessera.core.providers.FAILED_RETRY`). The
 issuer service fetches the keys it verifies with itself (see tessera.remote.providerkeys); this
 reconcile never sits on a token's path.
 """
@@ -17,7 +18,7 @@ import kopf
 import pydantic
 
 from tessera.api import identityprovider as idp_api
-from tessera.core import providers, status
+from tessera.core import backoff, providers, status
 from tessera.operator import runtime, statuses, workqueue
 from tessera.remote import providerkeys
 
@@ -56,8 +57,10 @@ async def reconcile(rt: runtime.Runtime, _: str, name: str) -> float | None:
         )
         if await statuses.write(rt, idp_api.INFO, provider, current, new, findings) and providers.changed(current, new):
             logger.info("[%s] %s: %s", name, ready.get("reason"), ready.get("message"))
-        if failure is not None:
-            return providers.FAILED_RETRY.total_seconds()
+        if failure is not None:  # tried again with backoff, quietly: the status and its Warning said it once
+            failures = rt.provider_failures[name] = rt.provider_failures.get(name, 0) + 1
+            return backoff.retry_delay(failures, name, base=1.0, cap=providers.FAILED_RETRY.total_seconds())
+        rt.provider_failures.pop(name, None)
         if found is not None and found.source != "inline":
             return float(provider.spec.refresh_seconds)
     return _next_fetch(provider, now)

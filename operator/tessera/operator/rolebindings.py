@@ -135,18 +135,21 @@ def _key(namespace: str | None, name: str | None) -> runtime.Key:
     return (namespace or "", name or "")
 
 
-def role_changed(rt: runtime.Runtime, namespace: str | None, name: str | None) -> None:
+def role_changed(rt: runtime.Runtime, namespace: str | None, name: str | None, look: bool = True) -> None:
     key = _key(namespace, name)
     role = runtime.first(rt.indexes.roles, key)
     changed(rt, lambda e: e.set_role(key, assignments.RoleFacts.of(role) if role else None))
-    rt.queue.add((ROLE, *key))
+    if look:
+        rt.queue.add((ROLE, *key))
 
 
-def binding_changed(rt: runtime.Runtime, namespace: str | None, name: str | None) -> None:
+def binding_changed(rt: runtime.Runtime, namespace: str | None, name: str | None, look: bool = True) -> None:
+    """``look``: also compare its stored status (any event but the echo of our own write: a repair)."""
     key = _key(namespace, name)
     entry = runtime.first(rt.indexes.bindings, key)
     changed(rt, lambda e: e.set_binding(key, entry.facts if entry else None))
-    rt.queue.add(binding_key(*key))  # any event about it also compares its stored status: a repair
+    if look:
+        rt.queue.add(binding_key(*key))
 
 
 def namespace_changed(rt: runtime.Runtime, name: str | None) -> None:

@@ -92,12 +92,14 @@ class Runtime:
     jwks_data: dict[str, str] | None  # the JWKS ConfigMap's data as last written
     metrics_address: str  # host:port of /metrics; "" serves none
     status_writes: int  # statuses written so far (the start-up sync reports how many it wrote)
+    provider_failures: dict[str, int]  # IdentityProvider -> fetches failed in a row
 
     def __init__(self, cfg: settings.Settings, metrics_address: str = "") -> None:
         self.cfg = cfg
         self.metrics_address = metrics_address
         self.informers = []
         self.status_writes = 0
+        self.provider_failures = {}
         self.issuer_keys_damage = ""
         self.jwks_data = None
         self.tokens_written = state.Pending()

@@ -74,8 +74,8 @@ async def token_secret_changed(
 ) -> None:
     """A token Secret changed or went: our write is visible now (or superseded); look at its account."""
     ref = (namespace or "", labels[secrets.TOKEN_FOR_LABEL])
-    memo.tokens_written.seen(ref, meta.get("resourceVersion"), gone=type == "DELETED")
-    memo.queue.add(key(*ref))
+    if not memo.tokens_written.seen(ref, meta.get("resourceVersion"), gone=type == "DELETED"):
+        memo.queue.add(key(*ref))  # not the echo of our own write: deleted or changed by someone
 
 
 def _observed(rt: runtime.Runtime, ref: runtime.Key) -> tokens.ObservedToken | None:

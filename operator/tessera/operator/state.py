@@ -143,16 +143,19 @@ class Pending(Generic[K, V]):
         if self._seen.get(key) != version:
             self._written[key] = (version, value, self._clock() + PENDING_SECONDS)
 
-    def seen(self, key: K, version: str | None, gone: bool = False) -> None:
+    def seen(self, key: K, version: str | None, gone: bool = False) -> bool:
         """The watch delivered ``version`` of the object (or its deletion): a write of that version is
-        visible now; a deletion comes after any write of ours (a watch delivers in order)."""
+        visible now; a deletion comes after any write of ours (a watch delivers in order). Return whether
+        this was the echo of our own pending write (nothing new to look at)."""
         entry = self._written.get(key)
-        if entry is not None and (gone or entry[0] == version):
+        echo = entry is not None and not gone and entry[0] == version
+        if entry is not None and (gone or echo):
             del self._written[key]
         if gone:
             self._seen.pop(key, None)
         elif version:
             self._seen[key] = version
+        return echo
 
     def get(self, key: K) -> tuple[bool, V | None]:
         """(whether a write is pending, its value)."""
