@@ -86,7 +86,7 @@ def _informers(rt: runtime.Runtime) -> list[informer.Informer[Any]]:
     core, ns = rt.kube.core, rt.cfg.namespace
 
     def waking(signal_: state.Signal) -> Any:
-        return lambda: loop.call_soon_threadsafe(signal_.touch)
+        return lambda _key: loop.call_soon_threadsafe(signal_.touch)
 
     def data(obj: dict[str, Any]) -> dict[str, str]:
         return dict(obj.get("data") or {})
@@ -94,6 +94,24 @@ def _informers(rt: runtime.Runtime) -> list[informer.Informer[Any]]:
     def named(name: str) -> str:
         return f"metadata.name={name}"
 
+    group = (meta.GROUP, meta.VERSION, rb_api.INFO.plural)
+
+    def bindings(namespace: str | None) -> informer.Informer[runtime.BindingEntry]:
+        if namespace is None:
+            return informer.Informer(
+                rt.kube.api, "rolebindings", rt.kube.custom.list_cluster_custom_object,
+                rolebindings.binding_entry, on_binding, group=group[0], version=group[1], plural=group[2],
+            )  # fmt: skip
+        return informer.Informer(
+            rt.kube.api, f"rolebindings in {namespace}", rt.kube.custom.list_namespaced_custom_object,
+            rolebindings.binding_entry, on_binding, group=group[0], version=group[1], namespace=namespace,
+            plural=group[2],
+        )  # fmt: skip
+
+    def on_binding(key: informer.Key | None) -> None:
+        loop.call_soon_threadsafe(rolebindings.binding_event, rt, key)
+
+    rt.rolebindings = informer.Spread(bindings, rt.watch_namespaces)
     rt.bundles = informer.Informer(
         rt.kube.api, "trust bundles", core.list_config_map_for_all_namespaces, publisher.observed_bundle,
         waking(rt.hub), field_selector=named(core_settings.TRUST_BUNDLE_CONFIGMAP),
@@ -110,7 +128,7 @@ def _informers(rt: runtime.Runtime) -> list[informer.Informer[Any]]:
         rt.kube.api, "revocations", core.list_namespaced_config_map, data, waking(rt.keeper),
         namespace=ns, field_selector=named(core_settings.REVOCATIONS_CONFIGMAP),
     )  # fmt: skip
-    return [rt.bundles, rt.issuer_secret, rt.jwks_configmap, rt.revocations_configmap]
+    return [rt.bundles, rt.issuer_secret, rt.jwks_configmap, rt.revocations_configmap, *rt.rolebindings.informers]
 
 
 async def operator_startup(
@@ -140,7 +158,7 @@ async def operator_startup(
     for each in watched:
         each.start()
     for each in watched:  # what the operator keeps is compared with what is there, never with nothing
-        await asyncio.to_thread(each.synced.wait)
+        await asyncio.to_thread(each.synced.wait)  # (the grants engine is built only once all are full)
     await keeper.load_keys(rt)
     rt.revocations = await keeper.load_revocations(rt)
     logger.info("Loaded %d revocations", len(rt.revocations.current))
@@ -212,15 +230,6 @@ async def role_event(memo: runtime.Runtime, namespace: str | None, name: str | N
     rolebindings.role_changed(memo, namespace, name, look=not echo)
 
 
-async def rolebinding_event(
-    memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any
-) -> None:
-    _started(memo)
-    key = (rolebindings.BINDING, namespace or "", name or "")
-    echo = memo.statuses_written.seen(key, meta.get("resourceVersion"))
-    rolebindings.binding_changed(memo, namespace, name, look=not echo)
-
-
 async def namespace_event(memo: runtime.Runtime, name: str | None, **_: Any) -> None:
     _started(memo)
     rolebindings.namespace_changed(memo, name)
@@ -237,7 +246,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler and index on ``registry``."""
     group = (meta.GROUP, meta.VERSION)
     sa, sak = (*group, sa_api.INFO.plural), (*group, sak_api.INFO.plural)
-    role, binding = (*group, role_api.INFO.plural), (*group, rb_api.INFO.plural)
+    role = (*group, role_api.INFO.plural)
     idp = (*group, idp_api.INFO.plural)
     opted_in = {core_settings.TRUST_BUNDLE_LABEL: core_settings.TRUST_BUNDLE_LABEL_VALUE}
     kopf.on.login(registry=registry)(kopf.login_via_client)  # a custom registry gets no default login
@@ -253,7 +262,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
         (("v1", "secrets"), serviceaccounts.token_secrets_index, token_labels, "token_secrets"),
         (("v1", "secrets"), accountkeys.key_secrets_index, key_labels, "key_secrets"),
         (role, rolebindings.roles_index, None, "roles"),
-        (binding, rolebindings.rolebindings_index, None, "bindings"),
         (("v1", "namespaces"), rolebindings.namespace_services_index, None, "namespace_services"),
         (("v1", "namespaces"), trust_bundle_namespaces_index, opted_in, "bundle_namespaces"),
         (idp, identityproviders.identityproviders_index, None, "providers"),
@@ -264,7 +272,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
         (sa, serviceaccount_event, None, QUEUE),
         (sak, serviceaccountkey_event, None, QUEUE),
         (role, role_event, None, QUEUE),
-        (binding, rolebinding_event, None, QUEUE),
         (("v1", "namespaces"), namespace_event, None, QUEUE),
         (idp, identityprovider_event, None, QUEUE),
         (("v1", "secrets"), serviceaccounts.token_secret_changed, token_labels, "token-secret"),

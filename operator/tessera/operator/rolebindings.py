@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -48,22 +49,23 @@ async def roles_index(body: kopf.Body, **_: Any) -> Any:
     return {(role.namespace, role.name): role}
 
 
-async def rolebindings_index(body: kopf.Body, **_: Any) -> Any:
-    """(namespace, name) -> the binding's facts and a digest of its stored status (not the status itself:
-    it lists up to 5,000 assignments, and ten thousand of them would be kept for a comparison)."""
+def binding_entry(body: dict[str, Any]) -> runtime.BindingEntry | None:
+    """What the RoleBinding informer keeps of a binding: its facts and a digest of its stored status (not
+    the status itself: it lists up to 5,000 assignments, and ten thousand of them would be kept for a
+    comparison). Runs in the informer's thread; None leaves a binding that does not parse out."""
     stored = dict(body.get("status") or {})
     try:
         binding = rb_api.RoleBinding.parse({**body, "status": {"conditions": stored.get("conditions") or []}})
     except pydantic.ValidationError:
-        return {}
-    entry = runtime.BindingEntry(
+        return None
+    return runtime.BindingEntry(
         assignments.BindingFacts.of(binding),
         tuple(binding.status.conditions),
         status.digest(stored),
         status.ready_condition(stored),
         binding.metadata.uid or "",
+        binding.metadata.resource_version or "",
     )
-    return {(binding.namespace, binding.name): entry}
 
 
 async def namespace_services_index(name: str, annotations: Mapping[str, str], **_: Any) -> Any:
@@ -74,12 +76,12 @@ async def namespace_services_index(name: str, annotations: Mapping[str, str], **
 # --- the engine, fed by events ----------------------------------------------------------------------------
 
 
-def _state(rt: runtime.Runtime) -> grants.State:
+def _state(rt: runtime.Runtime, bindings: Mapping[runtime.Key, runtime.BindingEntry]) -> grants.State:
     ix = rt.indexes
     accounts = {key: sa for key in ix.accounts if (sa := runtime.first(ix.accounts, key)) is not None}
     return grants.State(
         roles={key: assignments.RoleFacts.of(role) for key in ix.roles if (role := runtime.first(ix.roles, key))},
-        bindings={key: entry.facts for key in ix.bindings if (entry := runtime.first(ix.bindings, key))},
+        bindings={key: entry.facts for key, entry in bindings.items()},
         namespace_services={ns: s for ns in ix.namespace_services if (s := runtime.first(ix.namespace_services, ns))},
         accounts=frozenset(key for key, sa in accounts.items() if not sa.spec.disabled),
         disabled=frozenset(key for key, sa in accounts.items() if sa.spec.disabled),
@@ -98,27 +100,35 @@ def _queue(rt: runtime.Runtime, delta: grants.Delta) -> None:
 
 
 def changed(rt: runtime.Runtime, change: Callable[[grants.Engine], grants.Delta]) -> None:
-    """Apply one change to the engine (building it first, at the first event after start-up)."""
+    """Apply one change to the engine; before it is built, try to build it (once Kopf's indexes and the
+    RoleBinding informer are both full: a change meanwhile is part of what it is built from)."""
     state = rt.grants
     if state.engine is None:
-        started = time.monotonic()
-        state.engine = grants.Engine(_state(rt))
-        everything = grants.Delta(
-            bindings=frozenset(rt.indexes.bindings),
-            principals=frozenset(sa_api.subject_urn(*key) for key in rt.indexes.accounts),
-            grants=frozenset(state.engine.result.grants),
-        )
-        logger.info(
-            "Computed the assignments of %d RoleBindings in %.2fs",
-            len(state.engine.result.bindings), time.monotonic() - started,
-        )  # fmt: skip
-        state.built.set()
-        _queue(rt, everything)
-        rt.tasks.append(
-            asyncio.create_task(_report_sync(rt, started, len(everything.bindings), len(everything.principals)))
-        )
+        if rt.hub.indexed.is_set() and rt.rolebindings.synced():
+            _build(rt)
         return
     _queue(rt, change(state.engine))
+
+
+def _build(rt: runtime.Runtime) -> None:
+    """Build the engine from every index and put every binding and account on the queue (the start-up sync)."""
+    state, started = rt.grants, time.monotonic()
+    bindings = rt.rolebindings.snapshot()
+    rt.binding_keys = set(bindings)
+    state.engine = grants.Engine(_state(rt, bindings))
+    everything = grants.Delta(
+        bindings=frozenset(bindings),
+        principals=frozenset(sa_api.subject_urn(*key) for key in rt.indexes.accounts),
+        grants=frozenset(state.engine.result.grants),
+    )
+    logger.info(
+        "Computed the assignments of %d RoleBindings in %.2fs",
+        len(state.engine.result.bindings), time.monotonic() - started,
+    )  # fmt: skip
+    state.built.set()
+    _queue(rt, everything)
+    report = _report_sync(rt, started, len(everything.bindings), len(everything.principals))
+    rt.tasks.append(asyncio.create_task(report))
 
 
 async def _report_sync(rt: runtime.Runtime, started: float, bindings: int, principals: int) -> None:
@@ -143,13 +153,27 @@ def role_changed(rt: runtime.Runtime, namespace: str | None, name: str | None, l
         rt.queue.add((ROLE, *key))
 
 
-def binding_changed(rt: runtime.Runtime, namespace: str | None, name: str | None, look: bool = True) -> None:
-    """``look``: also compare its stored status (any event but the echo of our own write: a repair)."""
-    key = _key(namespace, name)
-    entry = runtime.first(rt.indexes.bindings, key)
-    changed(rt, lambda e: e.set_binding(key, entry.facts if entry else None))
-    if look:
-        rt.queue.add(binding_key(*key))
+def _set_binding(key: runtime.Key, facts: assignments.BindingFacts | None, engine: grants.Engine) -> grants.Delta:
+    return engine.set_binding(key, facts)
+
+
+def binding_event(rt: runtime.Runtime, key: runtime.Key | None) -> None:
+    """From the RoleBinding informer (on the event loop): one binding changed, or (None) everything may
+    have, after a (re)list."""
+    keys = [key] if key is not None else sorted(set(rt.rolebindings.snapshot()) | rt.binding_keys)
+    for each in keys:
+        entry = rt.rolebindings.get(*each)
+        echo = entry is not None and rt.statuses_written.seen((BINDING, *each), entry.version)
+        if entry is None:
+            rt.binding_keys.discard(each)
+            rt.statuses_written.forget((BINDING, *each))
+            rt.queue.forget(binding_key(*each))
+        else:
+            rt.binding_keys.add(each)
+        facts = entry.facts if entry is not None else None
+        changed(rt, functools.partial(_set_binding, each, facts))
+        if entry is not None and not echo:  # any event but our own write: compare its status (a repair)
+            rt.queue.add(binding_key(*each))
 
 
 def namespace_changed(rt: runtime.Runtime, name: str | None) -> None:
@@ -171,7 +195,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     """Write a binding's status where it differs from the computation, with a Warning per new problem."""
     await rt.grants.built.wait()
     key = (namespace, name)
-    entry, engine = runtime.first(rt.indexes.bindings, key), rt.grants.engine
+    entry, engine = rt.rolebindings.get(namespace, name), rt.grants.engine
     result = engine.result.bindings.get(key) if engine is not None else None
     if entry is None or result is None:
         return None

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").addFilter(QuietTimers())
     kopf.run(
         registry=registry,
-        memo=runtime.Runtime(cfg, args.metrics),
+        memo=runtime.Runtime(cfg, args.metrics, args.watch_namespace),
         clusterwide=not args.watch_namespace,
         namespaces=args.watch_namespace,
         standalone=args.peering is None,

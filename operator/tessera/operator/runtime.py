@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -37,6 +37,7 @@ class BindingEntry:
     status_digest: str
     ready: Mapping[str, Any]  # the stored Ready condition (JSON form), to decide on Warnings
     uid: str
+    version: str  # resourceVersion: tells the echo of the operator's own status write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,6 @@ class Indexes:
     token_secrets: kopf.Index[Key, tokens.ObservedToken | None]
     key_secrets: kopf.Index[Key, accountkeys.KeySecret]
     roles: kopf.Index[Key, role_api.Role]
-    bindings: kopf.Index[Key, BindingEntry]
     namespace_services: kopf.Index[str, frozenset[str]]
     bundle_namespaces: kopf.Index[str, str]
     providers: kopf.Index[str, idp_api.IdentityProvider]
@@ -78,6 +78,8 @@ class Runtime:
     revocations: state.RevocationStore
     activity: state.Activity
     keeper: state.Signal  # wakes the task that keeps the operator namespace's objects whole
+    rolebindings: informer.Spread[BindingEntry]  # every RoleBinding, as facts (an informer: see handlers)
+    binding_keys: set[Key]  # the RoleBindings the grants engine was told about
     bundles: informer.Informer[str]  # every trust bundle ConfigMap: (namespace, name) -> digest of its data
     issuer_secret: informer.Informer[issuerkeys.Stored]  # the issuer key Secret
     keys_written: state.Pending[str, None]  # our last write of the key Secret, until the informer shows it
@@ -94,9 +96,13 @@ class Runtime:
     status_writes: int  # statuses written so far (the start-up sync reports how many it wrote)
     provider_failures: dict[str, int]  # IdentityProvider -> fetches failed in a row
 
-    def __init__(self, cfg: settings.Settings, metrics_address: str = "") -> None:
+    watch_namespaces: list[str]  # the namespaces served; empty: all
+
+    def __init__(self, cfg: settings.Settings, metrics_address: str = "", watch_namespaces: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.metrics_address = metrics_address
+        self.watch_namespaces = list(watch_namespaces)
+        self.binding_keys = set()
         self.informers = []
         self.status_writes = 0
         self.provider_failures = {}
