@@ -189,7 +189,9 @@ def test_two_peered_replicas_never_act_at_once(
     apps = create_namespace(cluster, "apps")
     cluster.core.patch_namespace(apps, {"metadata": {"labels": {settings.TRUST_BUNDLE_LABEL: "enabled"}}})
     apply(cluster, apps, SA, "svc", {})
+    apply(cluster, apps, SA, "short", {"token": {"ttlSeconds": 60}})  # its refresh falls due during the pause
     waiting.until(lambda: reason_is(cluster, apps, SA, "svc", "TokenIssued"), what="the first replica acting")
+    waiting.until(lambda: reason_is(cluster, apps, SA, "short", "TokenIssued"), what="short's first token")
     waiting.until(lambda: bundle(cluster, apps), what="its bundle")
 
     second = start_operator(cluster, home, tmp_path / "second.log", args=("--peering", "tessera", "--priority", "100"))
@@ -206,6 +208,9 @@ def test_two_peered_replicas_never_act_at_once(
         what="the second replica publishing the revocation",
     )
     assert acted(second, "tessera_revocations_added_total")
+    waiting.until(
+        lambda: acted(second, "tessera_tokens_issued_total") >= 1, timeout=90, what="the second replica refreshing"
+    )  # short's refresh came due while the first one was paused: only the second acted on it
     assert acted(first, "tessera_bundle_writes_total") == at_pause["bundles"], "the paused replica wrote a bundle"
     assert acted(first, "tessera_reconcile_duration_seconds_count") == at_pause["reconciles"], "it reconciled"
 

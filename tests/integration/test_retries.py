@@ -229,6 +229,16 @@ def test_each_problem_is_warned_about_once_per_change_across_reconciles_and_rest
         )
         apply(cluster, apps, SA, "app", {"description": "a change elsewhere"})
         waiting.until(lambda: condition(cluster, apps, SA, "app").get("observedGeneration") == 2, what="seen")
+        # A status that changes while its problems stay (the namespace names a service now) says nothing new.
+        services = {"metadata": {"annotations": {"iam.tessera.dev/services": "ledger.apps.svc"}}}
+        cluster.core.patch_namespace(apps, services)
+        waiting.until(
+            lambda: (
+                "ledger.apps.svc"
+                in (cluster.custom_object(apps, RB, "two-problems").get("status") or {}).get("services", [])
+            ),
+            what="the binding's status rewritten",
+        )
         assert counts() == dict.fromkeys(expected, 1)
         assert len(lines_about(started[0], apps, "taken")) == 0  # nothing new to say about it after the restart
 

@@ -110,6 +110,4 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
         level = logging.WARNING if isinstance(decided, accountkeys.Reject) else logging.INFO
         logger.log(level, "[%s/%s] %s: %s", namespace, name, decided.reason, decided.message)
     expires = sak.spec.expires_at
-    due = (expires - now).total_seconds() + 0.01 if expires is not None and expires > now else None
-    pending = rt.key_secrets_written.stands((namespace, name))
-    return statuses.soonest(due, pending, statuses.recheck(rt, KIND, namespace, name))
+    return (expires - now).total_seconds() + 0.01 if expires is not None and expires > now else None

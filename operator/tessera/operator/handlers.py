@@ -164,6 +164,7 @@ async def operator_startup(
     logger.info("Loaded %d revocations", len(rt.revocations.current))
     rt.tasks = [
         asyncio.create_task(rt.queue.run()),
+        asyncio.create_task(_sweep_pending(rt)),
         asyncio.create_task(publisher.publish_forever(rt)),
         asyncio.create_task(rotation.rotate_forever(rt)),
         asyncio.create_task(keeper.keep_forever(rt)),
@@ -172,6 +173,19 @@ async def operator_startup(
         ),
     ]
     rt.informers = watched
+
+
+async def _sweep_pending(rt: runtime.Runtime) -> None:
+    """Look again at objects whose own write never showed in the watch (a lost event), once it stood its time."""
+    while True:
+        await asyncio.sleep(1.0)
+        for ns, name in rt.tokens_written.expired():
+            rt.queue.add(serviceaccounts.key(ns, name))
+        for ns, name in rt.key_secrets_written.expired():
+            rt.queue.add(accountkeys.key(ns, name))
+        rt.queue.add_all(rt.statuses_written.expired())
+        if rt.keys_written.expired():
+            rt.keeper.touch()
 
 
 async def operator_cleanup(memo: runtime.Runtime, **_: Any) -> None:

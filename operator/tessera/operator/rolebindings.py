@@ -203,7 +203,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     digest, ready = (mine["digest"], mine["ready"]) if pending and mine else (entry.status_digest, entry.ready)
     new = assignments.binding_status(entry.conditions, result, datetime.datetime.now(datetime.UTC))
     if status.digest(new) == digest:
-        return statuses.recheck(rt, BINDING, namespace, name)
+        return None
     version = await objects.patch_status(rt.kube, rb_api.INFO.plural, namespace, name, new)
     if version is None:
         return None
@@ -216,7 +216,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     logger.info(
         "[%s/%s] Updated RoleBinding: %s (%d assignments)", namespace, name, result.reason, len(result.assignments)
     )
-    return statuses.recheck(rt, BINDING, namespace, name)
+    return None
 
 
 async def role_reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | None:
@@ -231,7 +231,7 @@ async def role_reconcile(rt: runtime.Runtime, namespace: str, name: str) -> floa
         conditions=conditions.set_condition(role.status.conditions, condition, now), observed_generation=gen
     ).wire()
     await statuses.write(rt, role_api.INFO, role, statuses.stored(rt, ROLE, namespace, name, role.status.wire()), new)
-    return statuses.recheck(rt, ROLE, namespace, name)
+    return None
 
 
 # --- what the bundles read --------------------------------------------------------------------------------

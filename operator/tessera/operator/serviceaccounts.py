@@ -135,8 +135,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     problems = [("GrantsTooLarge", claim.message())] if claim.omitted else []
     await statuses.write(rt, sa_api.INFO, sa, current, new, problems)
     _log(rt, sa, decision)
-    due = _until(decision.facts.refresh_at, now) if not isinstance(decision, tokens.Withdraw) else None
-    return statuses.soonest(due, rt.tokens_written.stands(ref), statuses.recheck(rt, KIND, namespace, name))
+    return _until(decision.facts.refresh_at, now) if not isinstance(decision, tokens.Withdraw) else None
 
 
 def _valid(observed: tokens.ObservedToken | None, now: datetime.datetime) -> bool:

@@ -131,8 +131,8 @@ class Pending(Generic[K, V]):
 
     A watch event can arrive before the write call returns: the version last seen per key is kept, so
     such a write is never recorded as pending. And a pending write is trusted for :data:`PENDING_SECONDS`
-    at most (the index catches up in milliseconds), so no lost event can hide a later change for long:
-    :meth:`get` says how long it still stands, and a reconcile that used it looks again then."""
+    at most (the index catches up in milliseconds): :meth:`expired` hands out the keys whose echo never
+    came, to be looked at again, so no lost event can hide a later change for long."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._written: dict[K, tuple[str, V, float]] = {}
@@ -164,11 +164,13 @@ class Pending(Generic[K, V]):
             return (False, None)
         return (True, entry[1])
 
-    def stands(self, key: K) -> float | None:
-        """Seconds a pending write is still trusted, None when none is."""
-        entry = self._written.get(key)
-        left = entry[2] - self._clock() if entry is not None else 0.0
-        return left if left > 0 else None
+    def expired(self) -> list[K]:
+        """The keys whose write stood its time without its echo (dropped now: look at them again)."""
+        now = self._clock()
+        gone = [key for key, (_, _, until) in self._written.items() if until <= now]
+        for key in gone:
+            del self._written[key]
+        return gone
 
     def forget(self, key: K) -> None:
         self._written.pop(key, None)

@@ -31,17 +31,6 @@ def stored(rt: runtime.Runtime, kind: str, namespace: str, name: str, indexed: M
     return dict(mine if pending and mine is not None else indexed)
 
 
-def soonest(*delays: float | None) -> float | None:
-    """The earliest of the looks a reconcile asks for (None: none)."""
-    found = [d for d in delays if d is not None]
-    return min(found) if found else None
-
-
-def recheck(rt: runtime.Runtime, kind: str, namespace: str, name: str) -> float | None:
-    """When to look again because the status this operator wrote is still trusted over the index."""
-    return rt.statuses_written.stands((kind, namespace, name))
-
-
 async def write(
     rt: runtime.Runtime,
     info: meta.KindInfo,
