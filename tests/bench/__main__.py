@@ -7,6 +7,8 @@
   often the trust bundle of their (opted-in) namespace was rewritten meanwhile.
 - disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
 - grants at scale (:mod:`tests.bench.grants_scale`): 10,000 RoleBindings over 2,000 principals.
+- past one machine (:mod:`tests.bench.scale_model`): what one operator keeps per object, measured
+  in-process up to 100,000 bindings; the writes 100,000 accounts ask for; tenants spread over shards.
 - where the memory goes (:mod:`tests.bench.memory`): tracemalloc at the peak and at rest, by allocation
   site, over the same objects, next to the Kopf floor (Kopf alone with empty handlers).
 - the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
@@ -42,7 +44,7 @@ from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
-from tests.bench import common, grants_scale, healing, memory, sidecar
+from tests.bench import common, grants_scale, healing, memory, scale_model, sidecar
 from tests.bench import issuer as issuer_service
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -241,6 +243,13 @@ def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
             harness.stop_operator(operator)
 
 
+def write_rate(results: dict[str, Any]) -> float | None:
+    """API writes per second one operator sustained in this run's grants cold start, if it ran."""
+    cold = (results.get("grants") or {}).get("cold_start") or {}
+    seconds, writes = cold.get("process_start_to_last_write_s"), cold.get("api_writes_until_quiet")
+    return sum(writes.values()) / seconds if seconds and writes else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("--out", default="bench-results.json")
@@ -261,12 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm-seconds", type=float, default=90.0, help="length of the unknown-kid storm")
     parser.add_argument(
         "--only",
-        choices=("crypto", "cluster", "healing", "grants", "memory", "sidecar", "issuer"),
+        choices=("crypto", "cluster", "healing", "grants", "memory", "scale", "sidecar", "issuer"),
         action="append",
         help="run only these",
     )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "healing", "grants", "memory", "sidecar", "issuer"))
+    only = set(args.only or ("crypto", "cluster", "healing", "grants", "memory", "scale", "sidecar", "issuer"))
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -287,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         results["grants"] = grants_scale.grants_bench(args.bindings, args.principals, args.tenants, args.changes)
     if "memory" in only:
         results["memory"] = memory.memory_bench(args.bindings, args.principals, args.tenants)
+    if "scale" in only:
+        results["scale"] = scale_model.scale_bench(100_000, 100_000, write_rate(results))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
