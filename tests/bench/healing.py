@@ -86,10 +86,12 @@ def create_accounts(cluster: harness.Cluster, namespace: str, names: list[str], 
 def damage_figures(cluster: harness.Cluster, system: str, namespace: str, count: int) -> dict[str, Any]:
     core = cluster.core
     token = lambda: resources.token_in(cluster, namespace, "acct-0-tessera-token")  # noqa: E731
-    whole_bundle = resources.bundle(cluster, namespace)
+    whole_bundle = cluster.configmap_data(namespace, settings.TRUST_BUNDLE_CONFIGMAP)
 
-    def same_bundle() -> bool:
-        return bool(_absent_ok(lambda: resources.bundle(cluster, namespace)) == whole_bundle)
+    def same_bundle() -> bool:  # the data as written (an emptied bundle has no bundle.json to parse)
+        return bool(
+            _absent_ok(lambda: cluster.configmap_data(namespace, settings.TRUST_BUNDLE_CONFIGMAP)) == whole_bundle
+        )
 
     def data_of(name: str) -> dict[str, str] | None:
         found: dict[str, str] | None = _absent_ok(lambda: cluster.configmap_data(system, name))
