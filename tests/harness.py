@@ -102,9 +102,22 @@ class Operator:
     namespace: str
     log_path: Path
     process: subprocess.Popen[bytes]
+    metrics_port: int = 0
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's /metrics, parsed: ``name{label="value",...}`` -> value."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                found[series] = float(value)
+        return found
 
 
 def start_operator(
@@ -114,11 +127,14 @@ def start_operator(
     extra_env: dict[str, str] | None = None,
     kubeconfig: Path | None = None,
     args: Sequence[str] = (),
+    launcher: Sequence[str] = ("-m", "tessera.cli"),
+    ready_timeout: float = 60,
 ) -> Operator:
     """``tessera operator`` in a subprocess, ready once its liveness endpoint answers. ``kubeconfig``
     gives the operator another identity than the cluster's admin (readiness is still checked as admin);
-    ``args`` are more ``tessera operator`` options."""
-    port = free_port()
+    ``args`` are more ``tessera operator`` options; ``launcher`` is what the Python interpreter runs
+    (the memory bench runs the CLI under tracemalloc)."""
+    port, metrics_port = free_port(), free_port()
     env = {
         **cluster.env(),
         **({"KUBECONFIG": str(kubeconfig)} if kubeconfig is not None else {}),
@@ -128,9 +144,10 @@ def start_operator(
         **(extra_env or {}),
     }
     log = log_path.open("wb")
-    cmd = [sys.executable, "-m", "tessera.cli", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args]
+    liveness, metrics = f"http://127.0.0.1:{port}/healthz", f"127.0.0.1:{metrics_port}"
+    cmd = [sys.executable, *launcher, "operator", "--liveness", liveness, "--metrics", metrics, *args]
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    operator = Operator(namespace, log_path, process)
+    operator = Operator(namespace, log_path, process, metrics_port)
 
     def alive_and_ready() -> bool:
         if process.poll() is not None:
@@ -142,7 +159,13 @@ def start_operator(
                 return _published(cluster, namespace)
         return False
 
-    waiting.until(alive_and_ready, timeout=60, what="the operator's liveness endpoint and published JWKS")
+    try:
+        waiting.until(
+            alive_and_ready, timeout=ready_timeout, what="the operator's liveness endpoint and published JWKS"
+        )
+    except BaseException:
+        stop_process(process)  # never leave an operator running that nobody will stop
+        raise
     return operator
 
 

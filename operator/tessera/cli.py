@@ -293,6 +293,7 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--namespace", help="the operator's own namespace (issuer keys live there); env TESSERA_NAMESPACE")
     op.add_argument("--watch-namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Kopf liveness endpoint ('' disables)")
+    op.add_argument("--metrics", default="0.0.0.0:9090", help="host:port serving Prometheus /metrics ('' disables)")
     op.add_argument("--peering", default=None, help="Kopf peering object name for HA; default: standalone")
     op.add_argument(
         "--priority",

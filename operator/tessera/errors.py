@@ -8,6 +8,7 @@
     |   +-- Conflict          409: already exists, or a stale resourceVersion
     |   +-- Forbidden
     |   +-- Invalid           422: the API server rejected the object
+    |   +-- Unavailable       no answer: connection refused or reset, timed out
     +-- ConfigError           operator or sidecar settings are unusable
     +-- BundleError           a trust bundle is unreadable or inconsistent (readers keep the last good one)
 
@@ -59,3 +60,7 @@ class Forbidden(KubeError):
 
 class Invalid(KubeError):
     """422: the API server rejected the object as invalid."""
+
+
+class Unavailable(KubeError):
+    """The API server did not answer (connection refused or reset, a timeout): retry once it does."""

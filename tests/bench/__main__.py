@@ -7,7 +7,13 @@
   often the trust bundle of their (opted-in) namespace was rewritten meanwhile.
 - disable -> revocation in the trust bundle: p50/p99 with N accounts present, next to the same baseline.
 - grants at scale (:mod:`tests.bench.grants_scale`): 10,000 RoleBindings over 2,000 principals.
+- past one machine (:mod:`tests.bench.scale_model`): what one operator keeps per object, measured
+  in-process up to 100,000 bindings; the writes 100,000 accounts ask for; tenants spread over shards.
+- where the memory goes (:mod:`tests.bench.memory`): tracemalloc at the peak and at rest, by allocation
+  site, over the same objects, next to the Kopf floor (Kopf alone with empty handlers).
 - the sidecar (:mod:`tests.bench.sidecar`): verification in-process and the HTTP auth-request mode.
+- healing (:mod:`tests.bench.healing`): damage -> repaired for every kind of object the operator keeps;
+  an API server outage -> every due token current again.
 - the issuer service (:mod:`tests.bench.issuer`): token exchanges on one core next to raw sign + verify;
   requests reaching an identity provider during an unknown-kid storm.
 - the live bundle channel (:mod:`tests.bench.channel`): thousands of simulated sidecars: the issuer's
@@ -41,7 +47,7 @@ from tessera.core import issuer, settings
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 from tests import harness, resources, waiting
-from tests.bench import channel, common, grants_scale, sidecar
+from tests.bench import channel, common, grants_scale, healing, memory, scale_model, sidecar
 from tests.bench import issuer as issuer_service
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -85,7 +91,7 @@ class ReadyWatcher:
         while not self._stop.is_set():
             stream = kubernetes.watch.Watch().stream(
                 cluster.custom.list_namespaced_custom_object, meta.GROUP, meta.VERSION, namespace, "serviceaccounts",
-                timeout_seconds=5,
+                timeout_seconds=60,
             )  # fmt: skip
             for event in stream:
                 obj = event["object"]
@@ -204,6 +210,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
         "create_calls_s": created,
         "all_ready_s": total,
         "ready_per_s": count / total,
+        "all_ready_over_create_calls": total / created,
         "operator_idle": idle,
         "operator_after": common.memory_kib(operator_pid),
         "bundle_writes_during_burst": writes.stop(),
@@ -239,11 +246,20 @@ def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
             harness.stop_operator(operator)
 
 
+def write_rate(results: dict[str, Any]) -> float | None:
+    """API writes per second one operator sustained in this run's grants cold start, if it ran."""
+    cold = (results.get("grants") or {}).get("cold_start") or {}
+    seconds, writes = cold.get("process_start_to_last_write_s"), cold.get("api_writes_until_quiet")
+    return sum(writes.values()) / seconds if seconds and writes else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--sequential", type=int, default=50, help="ServiceAccounts applied one by one")
-    parser.add_argument("--burst", type=int, default=1000, help="ServiceAccounts created at once")
+    parser.add_argument("--burst", type=int, default=10_000, help="ServiceAccounts created at once")
+    parser.add_argument("--heal-accounts", type=int, default=50, help="accounts (60 s tokens) in the healing bench")
+    parser.add_argument("--heal-repeats", type=int, default=10, help="damages timed per kind of object")
     parser.add_argument("--crypto-count", type=int, default=2000, help="operations per crypto figure")
     parser.add_argument("--bindings", type=int, default=10_000, help="RoleBindings in the grants bench")
     parser.add_argument("--principals", type=int, default=2_000, help="principals (half of them ServiceAccounts)")
@@ -258,12 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm-seconds", type=float, default=90.0, help="length of the unknown-kid storm")
     parser.add_argument(
         "--only",
-        choices=("crypto", "cluster", "grants", "sidecar", "issuer", "channel"),
+        choices=("crypto", "cluster", "healing", "grants", "memory", "scale", "sidecar", "issuer", "channel"),
         action="append",
         help="run only these",
     )
     args = parser.parse_args(argv)
-    only = set(args.only or ("crypto", "cluster", "grants", "sidecar", "issuer", "channel"))
+    only = set(
+        args.only or ("crypto", "cluster", "healing", "grants", "memory", "scale", "sidecar", "issuer", "channel")
+    )
     results: dict[str, Any] = {
         "when": NOW.isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -272,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         results["crypto"] = crypto_bench(args.crypto_count)
     if "cluster" in only:
         results["cluster"] = cluster_bench(args.sequential, args.burst)
+    if "healing" in only:
+        results["healing"] = healing.healing_bench(args.heal_accounts, args.heal_repeats)
     if "sidecar" in only:
         results["sidecar"] = sidecar.sidecar_bench(args.sidecar_count, args.sidecar_concurrency, args.sidecar_seconds)
     if "channel" in only:
@@ -282,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "grants" in only:
         results["grants"] = grants_scale.grants_bench(args.bindings, args.principals, args.tenants, args.changes)
+    if "memory" in only:
+        results["memory"] = memory.memory_bench(args.bindings, args.principals, args.tenants)
+    if "scale" in only:
+        results["scale"] = scale_model.scale_bench(100_000, 100_000, write_rate(results))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0

@@ -235,7 +235,7 @@ def start_and_sync(
         "statuses_written_by_sync": int(synced.group(4)),
         "process_start_to_last_write_s": None if (last := writes.last_since(mark)) is None else last - started,
         "api_writes_until_quiet": writes.since(mark),
-        "operator_rss_kib": common.rss_kib(operator.process.pid),
+        **{f"operator_{k}": v for k, v in common.memory_kib(operator.process.pid).items()},
     }
 
 

@@ -22,9 +22,10 @@ import kubernetes
 import pytest
 
 from tessera.envtest import hostpkgs, images, node
+from tests.chart_kit import Helm
 from tests.e2e import kit
 from tests.harness import ROOT, Cluster, client_for
-from tests.integration.test_chart import Helm, snapshot
+from tests.integration.test_chart import snapshot
 
 EXISTING = os.environ.get("TESSERA_USE_EXISTING_CLUSTER") == "1"
 # The story the suite tells, in order: modules that need a node of their own first, then install,

@@ -17,8 +17,8 @@ import yaml
 
 from tessera.envtest import images, node
 from tests import waiting
+from tests.chart_kit import Helm
 from tests.harness import EXAMPLES, ROOT, Cluster
-from tests.integration.test_chart import Helm
 
 CHART = ROOT / "charts" / "tessera"
 RELEASE, HOME = "tessera", "tessera-system"

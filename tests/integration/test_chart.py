@@ -12,9 +12,7 @@ import base64
 import datetime
 import functools
 import json
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,31 +21,25 @@ from typing import Any
 import jwt
 import kubernetes
 import pytest
-import yaml
 from cryptography import x509
 
 from tessera import protocol
 from tessera.core import exchange, settings
 from tessera.crypto import keys
-from tessera.envtest import helm
 from tessera.kube import client as kube_client
 from tessera.kube import issuing
 from tests import issuer_kit, waiting
+from tests.chart_kit import CHART, HOME, RELEASE, Helm, deployment_in, operator_identity, run_as_chart
 from tests.harness import (
     EXAMPLES,
-    ROOT,
     Cluster,
     Operator,
-    client_for,
     free_port,
-    start_operator,
     stop_operator,
     stop_process,
 )
 from tests.resources import SA, SAK, apply, bundle, condition, reason_is, token_in, warnings
 
-CHART = ROOT / "charts" / "tessera"
-RELEASE, HOME = "tessera", "tessera-system"
 ISSUER = "https://tessera.example.com"
 EXAMPLE_FILES = ("00-namespace.yaml", "10-serviceaccount.yaml", "20-serviceaccountkey.yaml", "30-two-tenants.yaml")
 TENANTS = ("shop", "tenant-a", "tenant-b")  # the namespaces the examples make
@@ -67,27 +59,6 @@ KEPT = {
 }
 
 ObjectId = tuple[str, str, str, str]
-
-
-class Helm:
-    """The helm client against one cluster, with its own config and cache folders."""
-
-    def __init__(self, home: Path, cluster: Cluster | None = None) -> None:
-        self.binary = helm.ensure()
-        env = cluster.env() if cluster is not None else dict(os.environ)
-        self.env = {**env, **{f"HELM_{k}_HOME": str(home / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}}
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(self.binary), *args], env=self.env, capture_output=True, text=True, timeout=120, check=False
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed: {done.stderr}")
-        return done
-
-    def manifest(self) -> list[dict[str, Any]]:
-        text = self("get", "manifest", RELEASE, "-n", HOME).stdout
-        return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 @pytest.fixture
@@ -143,40 +114,6 @@ def test_rendered_chart_passes_a_server_side_dry_run(private_cluster: Cluster, t
 
 
 # --- install, run, upgrade, uninstall ---------------------------------------------------------------
-
-
-def operator_identity(cluster: Cluster, folder: Path, account: str = RELEASE) -> Cluster:
-    """A cluster handle authenticated as the chart's Kubernetes ServiceAccount ``account``, with a token
-    from the TokenRequest API: what the Pod gets, so RBAC sees exactly the chart's subject."""
-    token = cluster.kubectl("create", "token", account, "-n", HOME, "--duration=1h").stdout.strip()
-    assert cluster.kubeconfig is not None
-    config = json.loads(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": account, "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = account
-    path = folder / f"{account}.kubeconfig"
-    path.write_text(json.dumps(config))
-    api = client_for(path)
-    core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
-    return Cluster(path, cluster.kubectl_path, core, custom, api, garbage_collected=False)
-
-
-def deployment_in(manifest: list[dict[str, Any]], name: str = RELEASE) -> dict[str, Any]:
-    [deployment] = [d for d in manifest if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
-    return deployment
-
-
-def run_as_chart(
-    cluster: Cluster, identity: Cluster, manifest: list[dict[str, Any]], log: Path, **overrides: str
-) -> Operator:
-    """``tessera operator`` with the Deployment's arguments and environment (but ``overrides``), as the
-    chart's identity."""
-    [container] = deployment_in(manifest)["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["tessera"] and container["args"][0] == "operator"
-    args = [a for a in container["args"][1:] if not a.startswith("--liveness")]  # start_operator picks a port
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    env["POD_ID"] = log.stem  # from the downward API in the Pod
-    env.update(overrides)
-    return start_operator(cluster, HOME, log, extra_env=env, kubeconfig=identity.kubeconfig, args=args)
 
 
 def assert_clean_log(operator: Operator) -> None:
@@ -264,6 +201,10 @@ def cluster_wide_refusals(identity: Cluster) -> None:
     assert forbidden(identity, "delete", "namespace", "shop", "--dry-run=server")
     assert forbidden(identity, "create", "clusterrole", "x", "--verb=get", "--resource=pods", "--dry-run=server")
     assert forbidden(identity, "get", "configmaps", "-n", "kube-system")  # ConfigMaps by name only
+    by_name = "--field-selector=metadata.name="
+    assert allowed(identity, "get", "configmaps", "-A", f"{by_name}{settings.TRUST_BUNDLE_CONFIGMAP}")  # watched
+    assert forbidden(identity, "get", "configmaps", "-A", f"{by_name}kube-root-ca.crt")
+    assert forbidden(identity, "patch", "tsakey", "billing-laptop", "-n", "shop", "--type=merge", "-p", "{}")
     assert forbidden(identity, "delete", "secret", "billing-tessera-token", "-n", "shop", "--dry-run=server")
     assert forbidden(identity, "create", "-f", str(EXAMPLES / "10-serviceaccount.yaml"), "--dry-run=server")
     assert forbidden(identity, "get", "pods", "-A")

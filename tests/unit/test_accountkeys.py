@@ -300,7 +300,9 @@ def test_key_secret_round_trips_and_tells_the_workload_what_to_sign_with(algorit
     kid = keys.thumbprint(PUBLIC[algorithm])
     back = accountkeys.private_key_from_secret(secret)
     assert keys.thumbprint(keys.public_of(back)) == kid
-    assert secret["type"] == accountkeys.KEY_SECRET_TYPE and "ownerReferences" not in secret["metadata"]
+    assert secret["type"] == accountkeys.KEY_SECRET_TYPE
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("ServiceAccountKey", "billing-key", True)
     assert secret["metadata"]["name"] == accountkeys.key_secret_name(sak) and secret["metadata"]["namespace"] == "shop"
     assert secret["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "tessera",

@@ -111,7 +111,7 @@ def test_binding_checks(
     assert (result.ready, result.reason, len(result.warnings)) == (ready, reason, warnings)
     assert result.members == tuple(sorted(p.key for p in bound))
     assert {a.member for a in result.assignments} == set(result.members)
-    assert result.message == " ".join(result.warnings) or result.ready
+    assert result.message == " ".join(m for _, m in result.warnings) or result.ready
     assert result.generation == 2
 
 
@@ -148,8 +148,9 @@ def test_engine_disabling_an_account_unbinds_it_and_names_it() -> None:
 def test_messages_name_the_culprits_and_stay_short() -> None:
     ghosts = tuple(Principal.service_account("shop", f"ghost-{i:02}") for i in range(25))
     result = evaluate((BILLING, BILLING, *ghosts))
-    assert "shop/billing" in result.warnings[0]
-    assert "shop/ghost-00" in result.warnings[1] and "and 15 more" in result.warnings[1]
+    assert result.warnings[0][0] == "DuplicateMembers" and "shop/billing" in result.warnings[0][1]
+    assert result.warnings[1][0] == "ServiceAccountNotFound"
+    assert "shop/ghost-00" in result.warnings[1][1] and "and 15 more" in result.warnings[1][1]
     assert "shop/ghost-24" not in result.message
 
 

@@ -33,7 +33,7 @@ def accounts(*subjects: str, disabled: tuple[str, ...] = ()) -> list[bundles.Acc
 def inputs(**changes: object) -> bundles.Inputs:
     base: dict[str, object] = {
         "issuer_url": "https://issuer.test",
-        "keyset": KEYSET,
+        "issuer_jwks": issuer.jwks(KEYSET),
         "account_keys": [],
         "revocations": {},
         "accounts": accounts(BILLING, LEDGER),

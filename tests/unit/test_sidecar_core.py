@@ -31,7 +31,7 @@ def test_reads_the_bundle_the_operator_renders() -> None:
     revoked = revocations.Revocation(BILLING, now, now + datetime.timedelta(hours=1))
     inputs = bundles.Inputs(
         issuer_url="https://issuer.test",
-        keyset=keyset,
+        issuer_jwks=issuer.jwks(keyset),
         account_keys=[registered],
         revocations={BILLING: revoked},
         accounts=[bundles.Account(LAPTOP, ("10.0.0.0/8",), False)],

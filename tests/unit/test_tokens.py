@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 
@@ -17,6 +18,7 @@ from tessera.crypto import tokens as crypto_tokens
 NOW = datetime.datetime(2026, 11, 22, 12, 0, 0, tzinfo=datetime.UTC)
 CFG = settings.Settings(namespace="tessera-system", issuer="https://issuer.test", default_audience="tessera")
 KEYSET = issuer.initial("ES256", NOW)
+ENCODED = base64.b64encode(b"a.token.in.a.secret").decode()  # a Secret's token data, as stored
 
 
 def make_sa(**spec: object) -> sa_api.ServiceAccount:
@@ -98,11 +100,29 @@ def test_disabled_account_is_withdrawn_and_needs_a_write_only_while_a_token_rema
 def test_a_token_with_unreadable_facts_is_replaced_not_trusted() -> None:
     annotations = secrets.token_annotations(issue(make_sa()).facts)
     annotations[secrets.ANNOTATION_PREFIX + "expires-at"] = "garbage"
-    observed = secrets.observed_token(annotations, has_token=True)
+    observed = secrets.observed_token(annotations, ENCODED)
     assert observed is tokens.UNKNOWN
     decision = tokens.decide(make_sa(), observed, KEYSET, CFG, NOW)
     assert isinstance(decision, tokens.Issue) and decision.reason == "TokenReissued"
-    assert secrets.observed_token(annotations, has_token=False) is None
+    assert secrets.observed_token(annotations, None) is None
+
+
+def test_a_token_replaced_by_hand_is_not_trusted_and_its_replacement_repairs() -> None:
+    decision = issue(make_sa())
+    manifest = secrets.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
+    annotations = manifest["metadata"]["annotations"]
+    assert secrets.observed_token(annotations, manifest["data"]["token"]) == decision.facts
+    forged = base64.b64encode(b"header.payload.other").decode()
+    assert secrets.observed_token(annotations, forged) is tokens.UNKNOWN
+    assert secrets.observed_token(annotations, "not base64!") is tokens.UNKNOWN
+    legacy = {k: v for k, v in annotations.items() if k != secrets.DIGEST_ANNOTATION}  # written before the digest
+    assert secrets.observed_token(legacy, forged) == decision.facts
+    expiry = decision.facts.expires_at
+    assert tokens.repairs(tokens.UNKNOWN, None, NOW)
+    assert tokens.repairs(None, expiry, NOW)  # the status shows a live token, the Secret holds none
+    assert not tokens.repairs(None, expiry, expiry)  # it had expired anyway: a refresh, not a repair
+    assert not tokens.repairs(None, None, NOW)  # a first token
+    assert not tokens.repairs(decision.facts, expiry, NOW)
 
 
 def test_refreshes_of_many_accounts_are_spread_over_a_tenth_of_the_ttl() -> None:
@@ -139,32 +159,13 @@ def test_an_issued_token_is_refreshed_with_the_delivery_margin_left() -> None:
 def test_token_facts_round_trip_through_secret_annotations() -> None:
     decision = issue(make_sa())
     manifest = secrets.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
-    assert secrets.observed_token(manifest["metadata"]["annotations"]) == decision.facts
-    assert secrets.observed_token({}, has_token=False) is None
-    assert secrets.observed_token({}, has_token=True) is tokens.UNKNOWN
+    assert secrets.observed_token(manifest["metadata"]["annotations"], manifest["data"]["token"]) == decision.facts
+    assert secrets.observed_token({}, None) is None
+    assert secrets.observed_token({}, ENCODED) is tokens.UNKNOWN
     assert set(secrets.token_annotation_keys()) == set(manifest["metadata"]["annotations"])
     assert "header.payload.sig" not in str(manifest["metadata"])
-
-
-def test_current_view_takes_the_later_of_index_and_own_write() -> None:
-    first = issue(make_sa()).facts
-    later = issue(make_sa(), NOW + datetime.timedelta(minutes=5)).facts
-    # The index has not seen our newer token yet: our write wins.
-    assert tokens.current(first, tokens.Written(later.issued_at, later)) == later
-    # The index already shows something newer than our last write (another replica wrote): it wins.
-    assert tokens.current(later, tokens.Written(first.issued_at, first)) == later
-    assert tokens.current(first, None) == first
-
-
-def test_a_withdrawal_supersedes_stale_index_facts() -> None:
-    facts = issue(make_sa()).facts
-    withdrawn = tokens.Written.of(tokens.Withdraw("Disabled", "off"), NOW + datetime.timedelta(seconds=10))
-    assert tokens.current(facts, withdrawn) is None
-    # Re-enabled before the index caught up: a fresh token is issued, not the emptied one kept.
-    decision = tokens.decide(
-        make_sa(), tokens.current(facts, withdrawn), KEYSET, CFG, NOW + datetime.timedelta(seconds=11)
-    )
-    assert isinstance(decision, tokens.Issue)
+    [owner] = manifest["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("ServiceAccount", "billing", True)
 
 
 def test_a_token_after_revocation_is_issued_no_earlier_than_not_before() -> None:
@@ -192,7 +193,7 @@ def test_the_operator_caps_token_lifetime() -> None:
 
 def test_alive_until_survives_the_secret_annotations() -> None:
     facts = issue(make_sa()).facts
-    assert secrets.observed_token(secrets.token_annotations(facts)) == facts
+    assert secrets.observed_token(secrets.token_annotations(facts), ENCODED) == facts
 
 
 @pytest.mark.parametrize(
@@ -245,9 +246,10 @@ def test_grants_over_the_cap_leave_the_claim_out_and_say_so_in_status() -> None:
     [condition] = [c for c in new["conditions"] if c["type"] == "TokenGrants"]
     assert condition["status"] == "False" and condition["reason"] == "GrantsTooLarge"
     assert str(grants.size) in condition["message"] and "trust bundle" in condition["message"]
-    assert status.grants_left_out(sa.status, new)
-    again = sa.model_copy(update={"status": sa_api.ServiceAccountStatus.model_validate(new)})
-    assert not status.grants_left_out(again.status, status.serviceaccount_status(again, decision, NOW, grants))
+    problem = [("GrantsTooLarge", grants.message())]
+    assert status.to_warn(sa.status.wire(), problem, sa.metadata.generation) == problem  # first time: warn
+    assert status.to_warn(new, problem, sa.metadata.generation) == []  # stored: never again for this generation
+    assert status.to_warn(new, problem, (sa.metadata.generation or 0) + 1) == problem  # the object changed
 
 
 def test_a_withdrawn_token_has_no_grants_condition() -> None:

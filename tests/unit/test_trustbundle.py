@@ -38,7 +38,7 @@ def written_text() -> str:
     kid = keys.thumbprint(account)
     inputs = bundles.Inputs(
         issuer_url="https://issuer.test",
-        keyset=issuer.initial("RS256", NOW),
+        issuer_jwks=issuer.jwks(issuer.initial("RS256", NOW)),
         account_keys=[],
         revocations={},
         accounts=[bundles.Account("urn:tessera:serviceaccount:shop:a", ("10.0.0.0/8",), False)],

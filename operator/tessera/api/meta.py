@@ -18,6 +18,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "tessera"
 
+# A deleted ServiceAccount stays until the operator has revoked its tokens and removed this.
+FINALIZER = f"{GROUP}/finalizer"
+
 # Labels and annotations Tessera puts on what it owns. Watches select on MANAGED_BY_LABEL.
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "tessera"
@@ -104,14 +107,16 @@ class ObjectRef(Model):
 
 
 class Metadata(Model):
-    """The few parts of ObjectMeta the operator reads."""
+    """The few parts of ObjectMeta the operator reads (models of every object are kept in memory: labels
+    and annotations, which the operator does not read, are left out)."""
 
     name: str
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
-    labels: dict[str, str] = pydantic.Field(default_factory=dict)
-    annotations: dict[str, str] = pydantic.Field(default_factory=dict)
+    resource_version: str | None = None
+    deletion_timestamp: datetime.datetime | None = None
+    finalizers: tuple[str, ...] = ()
 
 
 class Resource(Model):
@@ -131,3 +136,16 @@ class Resource(Model):
     def parse(cls, body: Any) -> Self:
         """Parse a resource body as Kopf or the API server gives it."""
         return cls.model_validate(dict(body))
+
+
+def owner_reference(info: KindInfo, resource: Resource) -> dict[str, Any]:
+    """The ownerReference that makes ``resource`` (of kind ``info``) the controller of what it owns: garbage
+    collection removes the owned object with it."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": info.kind,
+        "name": resource.name,
+        "uid": resource.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -2,14 +2,22 @@
 
 :func:`plan` runs named checks in order, and the first that fires wins::
 
-    disabled            -> Inactive  Disabled
-    expired             -> Inactive  Expired
-    account missing     -> Reject    ServiceAccountNotFound
-    key unusable        -> Reject    InvalidKey
-    otherwise           -> Register  KeyRegistered (supplied) or KeyGenerated
+    disabled                      -> Inactive  Disabled
+    expired                       -> Inactive  Expired
+    account missing               -> Reject    ServiceAccountNotFound
+    generated, its Secret gone    -> Reject    PrivateKeyLost
+    generated, Secret holds other -> Reject    PrivateKeyReplaced
+    key unusable                  -> Reject    InvalidKey
+    otherwise                     -> Register  KeyRegistered (supplied) or KeyGenerated
 
 For a generated key the caller reads the pair back from its Secret (or generates it) before
-planning, so planning stays pure. :func:`registered` turns a resource body into what a Kopf index
+planning, so planning stays pure. Once a generated key is registered, its Secret is the only copy
+of the private key (the operator never keeps one): when it is deleted, or holds another key, the
+key is withdrawn from every trust bundle (nobody in the cluster can sign with it any more, and
+whoever holds a copy should not) and the status says so; it is never generated again silently,
+which would change the key under the same name. Re-creating the ServiceAccountKey generates a new one.
+
+:func:`registered` turns a resource body into what a Kopf index
 keeps for the trust bundles, and never raises.
 """
 
@@ -43,6 +51,17 @@ INVALID = "InvalidKey"
 ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 DISABLED = "Disabled"
 EXPIRED = "Expired"
+PRIVATE_KEY_LOST = "PrivateKeyLost"
+PRIVATE_KEY_REPLACED = "PrivateKeyReplaced"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySecret:
+    """What the operator knows of a generated key's Secret: the kid of the private key in it (None when
+    it is unreadable). Never the key itself."""
+
+    kid: str | None
+
 
 # Status fields that describe the key; written as null when there is no key to describe.
 _KEY_FIELDS = ("keyId", "algorithm", "fingerprint", "publicKey", "expiresAt", "secretName")
@@ -115,6 +134,7 @@ class _Observed:
     now: datetime.datetime
     key: keys.PublicKey | None
     problem: str | None
+    secret: KeySecret | None = None  # a registered generated key's Secret; None when it is gone
 
 
 def _key_of(sak: sak_api.ServiceAccountKey, generated_public: keys.PublicKey | None) -> keys.PublicKey | None:
@@ -138,11 +158,17 @@ def _observe(
     account_exists: bool,
     generated_public: keys.PublicKey | None,
     now: datetime.datetime,
+    secret: KeySecret | None,
 ) -> _Observed:
     try:
-        return _Observed(sak, account_exists, now, _key_of(sak, generated_public), None)
+        return _Observed(sak, account_exists, now, _key_of(sak, generated_public), None, secret)
     except errors.KeyMaterialError as exc:
-        return _Observed(sak, account_exists, now, None, str(exc))
+        return _Observed(sak, account_exists, now, None, str(exc), secret)
+
+
+def registered_kid(sak: sak_api.ServiceAccountKey) -> str | None:
+    """The kid a generated key was registered with (its status), None before it was generated."""
+    return sak.status.key_id if sak.spec.generate is not None and sak.status.public_key else None
 
 
 def _disabled(o: _Observed) -> Plan | None:
@@ -165,11 +191,45 @@ def _account_missing(o: _Observed) -> Plan | None:
     return Reject(ACCOUNT_NOT_FOUND, f"ServiceAccount {account} does not exist in namespace {namespace}", o.key)
 
 
+_NEVER_KEPT = (
+    "the operator never keeps a private key, so it cannot restore it; the key was withdrawn from every trust "
+    "bundle. Delete and re-create this ServiceAccountKey to generate a new key (or restore the Secret from a backup)"
+)
+
+
+def _private_key_lost(o: _Observed) -> Plan | None:
+    kid = registered_kid(o.sak)
+    if kid is None or o.secret is not None:
+        return None
+    return Reject(
+        PRIVATE_KEY_LOST, f"Secret {key_secret_name(o.sak)} holding the private key {kid} is gone: {_NEVER_KEPT}", o.key
+    )
+
+
+def _private_key_replaced(o: _Observed) -> Plan | None:
+    kid = registered_kid(o.sak)
+    if kid is None or o.secret is None or o.secret.kid == kid:
+        return None
+    held = f"another key ({o.secret.kid})" if o.secret.kid else "no readable private key"
+    return Reject(
+        PRIVATE_KEY_REPLACED,
+        f"Secret {key_secret_name(o.sak)} holds {held}, not the private key {kid} registered here: {_NEVER_KEPT}",
+        o.key,
+    )
+
+
 def _invalid(o: _Observed) -> Plan | None:
     return None if o.problem is None else Reject(INVALID, o.problem)
 
 
-_CHECKS: tuple[Callable[[_Observed], Plan | None], ...] = (_disabled, _expired, _account_missing, _invalid)
+_CHECKS: tuple[Callable[[_Observed], Plan | None], ...] = (
+    _disabled,
+    _expired,
+    _account_missing,
+    _private_key_lost,
+    _private_key_replaced,
+    _invalid,
+)
 
 
 def plan(
@@ -177,9 +237,11 @@ def plan(
     account_exists: bool,
     generated_public: keys.PublicKey | None,
     now: datetime.datetime,
+    secret: KeySecret | None = None,
 ) -> Plan:
-    """What to do with the key. For ``spec.generate``, pass the public half of the pair in its Secret."""
-    observed = _observe(sak, account_exists, generated_public, now)
+    """What to do with the key. For ``spec.generate``, pass the public half of the pair in its Secret and,
+    once the key was registered (:func:`registered_kid`), what its Secret holds now (None: it is gone)."""
+    observed = _observe(sak, account_exists, generated_public, now, secret)
     for check in _CHECKS:
         verdict = check(observed)
         if verdict is not None:
@@ -228,7 +290,7 @@ def _b64(text: str) -> str:
 
 
 def build_key_secret(sak: sak_api.ServiceAccountKey, private_key: keys.PrivateKey) -> dict[str, Any]:
-    """The Secret holding a generated key pair, with what a workload needs to sign its JWTs (no owner yet)."""
+    """The Secret holding a generated key pair, with what a workload needs to sign its JWTs; owned by the key."""
     kid = keys.thumbprint(keys.public_of(private_key))
     data = {
         PRIVATE_PEM: keys.private_pem(private_key),
@@ -249,9 +311,18 @@ def build_key_secret(sak: sak_api.ServiceAccountKey, private_key: keys.PrivateKe
                 KEY_FOR_LABEL: sak.name,
             },
             "annotations": {KEY_ID_ANNOTATION: kid},
+            "ownerReferences": [meta.owner_reference(sak_api.INFO, sak)],
         },
         "data": {name: _b64(value) for name, value in data.items()},
     }
+
+
+def key_secret_facts(secret: Mapping[str, Any]) -> KeySecret:
+    """What a generated key's Secret holds, as :class:`KeySecret` (for the index: no key material kept)."""
+    try:
+        return KeySecret(keys.thumbprint(keys.public_of(private_key_from_secret(secret))))
+    except errors.KeyMaterialError:
+        return KeySecret(None)
 
 
 def private_key_from_secret(secret: Mapping[str, Any]) -> keys.PrivateKey:
@@ -312,6 +383,22 @@ def registered(body: Mapping[str, Any]) -> RegisteredKey | None:
         return _registered(sak_api.ServiceAccountKey.parse(body))
     except (errors.TesseraError, ValueError, TypeError, LookupError, AttributeError):
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyEntry:
+    """What the operator keeps of a ServiceAccountKey: the resource, and the key trust bundles may hold."""
+
+    key: sak_api.ServiceAccountKey
+    trusted: RegisteredKey | None
+
+    @classmethod
+    def of(cls, sak: sak_api.ServiceAccountKey) -> KeyEntry:
+        try:
+            trusted = _registered(sak)
+        except (errors.TesseraError, ValueError, TypeError, LookupError, AttributeError):
+            trusted = None
+        return cls(sak, trusted)
 
 
 def active(key: RegisteredKey, now: datetime.datetime) -> bool:

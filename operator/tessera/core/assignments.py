@@ -135,7 +135,7 @@ class BindingResult:
     message: str
     services: tuple[str, ...]  # sorted
     assignments: tuple[Assignment, ...]  # sorted by member, then scope (namespaces/ before services/)
-    warnings: tuple[str, ...]  # one message per check that fired, in check order
+    warnings: tuple[tuple[str, str], ...]  # (reason, message) of each check that fired, in check order: a Warning each
     members: tuple[str, ...] = ()  # sorted keys of the principals actually bound
     generation: int | None = None  # of the facts, for observedGeneration
 
@@ -234,7 +234,7 @@ def evaluate(
         message=message,
         services=services,
         assignments=assignments_of(namespace, bound, services),
-        warnings=tuple(m for _, m in findings),
+        warnings=tuple(findings),
         members=bound,
         generation=facts.generation,
     )

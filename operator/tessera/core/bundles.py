@@ -18,9 +18,11 @@ from typing import Any
 
 from tessera import errors, trustbundle
 from tessera.api import meta
-from tessera.core import accountkeys, issuer, revocations, settings
+from tessera.api import serviceaccount as sa_api
+from tessera.core import accountkeys, revocations, settings
 
 BUNDLE_KEY = trustbundle.BUNDLE_KEY
+COMPONENT = "trust-bundle"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +33,15 @@ class Account:
     cidrs: tuple[str, ...]
     disabled: bool
 
+    @classmethod
+    def of(cls, sa: sa_api.ServiceAccount) -> Account:
+        return cls(sa.subject, tuple(sorted(sa.spec.allowed_cidrs)), sa.spec.disabled)
+
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     issuer_url: str
-    keyset: issuer.KeySet
+    issuer_jwks: Mapping[str, Any]  # {"keys": [public JWK, ...]}: see :func:`tessera.core.issuer.jwks`
     account_keys: Sequence[accountkeys.RegisteredKey]
     revocations: revocations.Revocations
     accounts: Sequence[Account]
@@ -69,7 +75,7 @@ def document(inputs: Inputs, now: datetime.datetime) -> trustbundle.Bundle:
     cidrs = {a.subject: tuple(sorted(a.cidrs)) for a in inputs.accounts if a.cidrs}
     return trustbundle.Bundle(
         issuer=inputs.issuer_url,
-        issuer_keys=tuple(issuer.jwks(inputs.keyset)["keys"]),
+        issuer_keys=tuple(inputs.issuer_jwks["keys"]),
         account_keys=tuple(k.jwk for k in unambiguous_keys(inputs, now)),
         revocations=tuple(
             trustbundle.Revocation(r.subject, int(r.not_before.timestamp()))
@@ -103,29 +109,42 @@ def next_sequence(previous: int | None, now: datetime.datetime) -> int:
     return max((previous or 0) + 1, int(now.timestamp() * 1000))
 
 
+CONFIGMAP_KEYS = frozenset({BUNDLE_KEY, trustbundle.ISSUER_CA_KEY})
+
+
+def _parsed(held: str | None) -> trustbundle.Bundle | None:
+    if not held:
+        return None
+    try:
+        return trustbundle.parse(held)
+    except errors.BundleError:
+        return None
+
+
+def held_content(data: Mapping[str, str] | None) -> tuple[str, str | None] | None:
+    """What a bundle ConfigMap's data holds: (the bundle as :func:`render` writes it without its
+    sequence, the issuer CA beside it); None when it holds no readable, sequenced bundle, or other
+    keys besides (someone's: replaced)."""
+    data = data or {}
+    parsed = _parsed(data.get(BUNDLE_KEY))
+    if parsed is None or parsed.sequence is None or not set(data) <= CONFIGMAP_KEYS:
+        return None
+    return render(dataclasses.replace(parsed, sequence=None)), data.get(trustbundle.ISSUER_CA_KEY)
+
+
 def planned_data(
     content: str, issuer_ca: str | None, current: Mapping[str, str] | None, now: datetime.datetime
 ) -> dict[str, str] | None:
     """The data to write into a namespace's bundle ConfigMap, given the unsequenced ``content`` (from
     :func:`render`) and what the ConfigMap holds now; None when it holds this content already, under
-    any sequence. A bundle that cannot be read, or has no sequence yet, is replaced."""
-    previous = None
-    held = (current or {}).get(BUNDLE_KEY)
-    if held:
-        try:
-            parsed = trustbundle.parse(held)
-        except errors.BundleError:
-            parsed = None
-        if parsed is not None:
-            unchanged = render(dataclasses.replace(parsed, sequence=None)) == content
-            if (
-                unchanged
-                and parsed.sequence is not None
-                and (current or {}).get(trustbundle.ISSUER_CA_KEY) == issuer_ca
-            ):
-                return None
-            previous = parsed.sequence
-    sequenced = dataclasses.replace(trustbundle.parse(content), sequence=next_sequence(previous, now))
+    any sequence. A bundle that cannot be read, has no sequence yet, or has keys beside it that are
+    not Tessera's, is replaced."""
+    if held_content(current) == (content, issuer_ca or None):
+        return None
+    previous = _parsed((current or {}).get(BUNDLE_KEY))
+    sequenced = dataclasses.replace(
+        trustbundle.parse(content), sequence=next_sequence(previous.sequence if previous else None, now)
+    )
     data = {BUNDLE_KEY: render(sequenced)}
     if issuer_ca:
         data[trustbundle.ISSUER_CA_KEY] = issuer_ca
@@ -136,7 +155,7 @@ def build_configmap(namespace: str, data: Mapping[str, str], resource_version: s
     metadata: dict[str, Any] = {
         "name": settings.TRUST_BUNDLE_CONFIGMAP,
         "namespace": namespace,
-        "labels": {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, f"{meta.GROUP}/component": "trust-bundle"},
+        "labels": {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, meta.PART_OF_LABEL: COMPONENT},
     }
     if resource_version is not None:
         metadata["resourceVersion"] = resource_version  # a replace that fails if anyone wrote since the read

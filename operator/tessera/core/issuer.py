@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from tessera import errors
@@ -138,3 +139,22 @@ def loads(text: str) -> KeySet:
     if not keyset:
         raise errors.KeyMaterialError("the issuer key set is empty")
     return keyset
+
+
+def missing_message(namespace: str, lost_kids: tuple[str, ...]) -> str:
+    """What to say while the key Secret is lost (:func:`lost_keys`): why nothing is signed, and the two ways out."""
+    return (
+        f"the issuer key Secret {namespace}/{settings.ISSUER_KEYS_SECRET} is gone, and the keys it held "
+        f"({', '.join(lost_kids) or 'unknown'}) are still published in {namespace}/{settings.ISSUER_JWKS_CONFIGMAP}. "
+        "Tessera does not mint a new issuer identity on its own: every token in use would stop verifying. "
+        "Restore the Secret from a backup, or, to start over with new keys, delete the ConfigMap "
+        f"{settings.ISSUER_JWKS_CONFIGMAP}"
+    )
+
+
+def lost_keys(stored_jwks: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The kids a JWKS ConfigMap's document lists: when the key Secret is missing and these are not empty, the
+    Secret was lost (an identity exists that nobody can sign for); when there are none, this is a first start."""
+    if not stored_jwks:
+        return ()
+    return tuple(sorted(str(k.get("kid")) for k in stored_jwks.get("keys") or [] if isinstance(k, dict)))

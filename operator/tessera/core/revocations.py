@@ -57,6 +57,38 @@ def revoke(
     return {**current, subject: Revocation(subject, not_before, prune_after)}
 
 
+def merged(*stores: Revocations) -> dict[str, Revocation]:
+    """Every revocation any of ``stores`` holds, each at its strictest (latest notBefore, latest prune):
+    restoring a damaged store from memory, or memory from what survived, never loses one."""
+    found: dict[str, Revocation] = {}
+    for store in stores:
+        for subject, entry in store.items():
+            previous = found.get(subject)
+            if previous is None:
+                found[subject] = entry
+            else:
+                not_before = max(previous.not_before, entry.not_before)
+                found[subject] = Revocation(subject, not_before, max(previous.prune_after, entry.prune_after))
+    return found
+
+
+def from_bundle(
+    entries: object, max_token_ttl: datetime.timedelta, leeway: datetime.timedelta
+) -> dict[str, Revocation]:
+    """The revocations a trust bundle publishes (``[{"sub", "notBefore"}]``), for when the store itself
+    was lost: a bundle does not carry when each may be pruned, so it is kept until the longest-lived
+    token issued before its notBefore has expired. Entries that do not parse are skipped."""
+    found: dict[str, Revocation] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            subject, seconds = str(entry["sub"]), int(entry["notBefore"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        not_before = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+        found = merged(found, {subject: Revocation(subject, not_before, not_before + max_token_ttl + leeway)})
+    return found
+
+
 def pruned(current: Revocations, now: datetime.datetime) -> dict[str, Revocation]:
     """Only the revocations that still cover a token that may be alive."""
     return {s: r for s, r in current.items() if r.prune_after > now}

@@ -7,7 +7,9 @@ watch just its own objects with a label selector, never every Secret in the clus
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
+import hashlib
 import json
 from typing import Any
 
@@ -22,6 +24,9 @@ TOKEN_KEY = "token"  # noqa: S105 (a data key name, not a secret)
 
 ANNOTATION_PREFIX = f"{meta.GROUP}/token-"
 _FACT_FIELDS = ("issued_at", "expires_at", "refresh_at", "alive_until")
+# A SHA-256 of the token beside it: a Secret whose token was replaced by hand no longer matches its facts,
+# and is replaced. (A digest of a signed token says nothing about it: the signature alone has 256 bits.)
+DIGEST_ANNOTATION = ANNOTATION_PREFIX + "sha256"
 
 
 def token_secret_name(sa: sa_api.ServiceAccount) -> str:
@@ -48,14 +53,30 @@ def token_annotation_keys() -> list[str]:
     return [ANNOTATION_PREFIX + f.replace("_", "-") for f in _FACT_FIELDS] + [
         ANNOTATION_PREFIX + "key-id",
         ANNOTATION_PREFIX + "inputs",
+        DIGEST_ANNOTATION,
     ]
 
 
-def observed_token(annotations: dict[str, str], has_token: bool = True) -> tokens.ObservedToken | None:
-    """Read :func:`token_annotations` back. None when the Secret holds no token; :data:`tokens.UNKNOWN`
-    when it holds one whose facts are missing or unreadable (so it is replaced or withdrawn)."""
-    if not has_token:
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _stored_digest(encoded: str) -> str | None:
+    try:
+        return hashlib.sha256(base64.b64decode(encoded, validate=True)).hexdigest()
+    except (binascii.Error, ValueError):
         return None
+
+
+def observed_token(annotations: dict[str, str], encoded_token: str | None) -> tokens.ObservedToken | None:
+    """Read :func:`token_annotations` back, given the Secret's ``token`` data (base64, as stored). None when
+    the Secret holds no token; :data:`tokens.UNKNOWN` when it holds one whose facts are missing or
+    unreadable, or that is not the token they describe (so it is replaced or withdrawn)."""
+    if encoded_token is None:
+        return None
+    digest = annotations.get(DIGEST_ANNOTATION)
+    if digest is not None and digest != _stored_digest(encoded_token):
+        return tokens.UNKNOWN
     try:
         stored = dict(annotations)
         stored.setdefault(ANNOTATION_PREFIX + "alive-until", stored.get(ANNOTATION_PREFIX + "expires-at", ""))
@@ -79,7 +100,8 @@ def build_token_secret(sa: sa_api.ServiceAccount, token: str, facts: tokens.Obse
             "name": token_secret_name(sa),
             "namespace": sa.namespace,
             "labels": _labels("access-token", **{TOKEN_FOR_LABEL: sa.name}),
-            "annotations": token_annotations(facts),
+            "ownerReferences": [meta.owner_reference(sa_api.INFO, sa)],
+            "annotations": {**token_annotations(facts), DIGEST_ANNOTATION: token_digest(token)},
         },
         "data": {TOKEN_KEY: _b64(token)},
     }

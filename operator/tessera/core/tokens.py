@@ -192,30 +192,14 @@ def claims(
     return body
 
 
-@dataclasses.dataclass(frozen=True)
-class Written:
-    """What this operator last wrote for an account: a token (its facts) or a withdrawal (None), and when."""
-
-    at: datetime.datetime
-    facts: ObservedToken | None
-
-    @classmethod
-    def of(cls, decision: Decision, now: datetime.datetime) -> Written:
-        if isinstance(decision, Withdraw):
-            return cls(now, None)
-        return cls(decision.facts.issued_at, decision.facts)
-
-
-def current(indexed: ObservedToken | None, written: Written | None) -> ObservedToken | None:
-    """The token the Secret holds now: the index may lag our own last write, so the later one wins.
-
-    Ties go to our write, so an uncertain case costs at most one extra token, never a missing one.
-    """
-    if written is None:
-        return indexed
-    if indexed is not None and indexed.issued_at > written.at:
-        return indexed
-    return written.facts
+def repairs(
+    observed: ObservedToken | None, status_expires_at: datetime.datetime | None, now: datetime.datetime
+) -> bool:
+    """Whether issuing now repairs a damaged Secret: the status says a token is there and still valid, but
+    the Secret holds none (deleted, emptied) or one its facts do not describe (replaced by hand)."""
+    if observed is UNKNOWN:
+        return True
+    return observed is None and status_expires_at is not None and status_expires_at > now
 
 
 Reason = tuple[str, str]

@@ -237,6 +237,8 @@ class ControlPlane:
         self._directory: Path | None = None
         self._client_ca: certs.KeyPair | None = None
         self._info: ControlPlaneInfo | None = None
+        # kube-apiserver's command line, port and a client context for /readyz, to start it again
+        self._apiserver: tuple[list[str], int, ssl.SSLContext] | None = None
 
     @property
     def info(self) -> ControlPlaneInfo:
@@ -284,6 +286,7 @@ class ControlPlane:
         )
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        self._apiserver = (cmd, api_port, context)
         _wait_until(apiserver, lambda: https_ok(api_port, "/readyz", context), deadline, "/readyz")
         if self._with_controller_manager:
             self._start_controller_manager(pki, admin, cm_port, deadline)
@@ -322,6 +325,22 @@ class ControlPlane:
                 shutil.rmtree(self._directory, ignore_errors=True)
             self._directory, self._info, self._client_ca = None, None, None
             _RUNNING.discard(self)
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (an outage: clients get "connection refused"); etcd keeps the state."""
+        with self._lock:
+            for proc in [p for p in self._processes if p.name == "kube-apiserver"]:
+                _terminate(proc)
+                self._processes.remove(proc)
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again, on the same port with the same arguments; return once it is ready."""
+        with self._lock:
+            if self._apiserver is None or self._info is None:
+                raise ControlPlaneError("the control plane is not started")
+            cmd, port, context = self._apiserver
+            proc = self._launch("kube-apiserver", cmd)
+            _wait_until(proc, lambda: https_ok(port, "/readyz", context), time.monotonic() + timeout, "/readyz")
 
     def kubeconfig_for(self, user: str, groups: list[str]) -> Path:
         """Write a kubeconfig authenticating as ``user`` in ``groups`` (client cert), e.g. for RBAC tests."""

@@ -21,17 +21,16 @@ from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
 from tessera.api import serviceaccountkey as sak_api
 from tessera.core import issuer, revocations, secrets, settings
-from tessera.kube import client, informer, issuerkeys, objects
+from tessera.kube import client, informer, issuerkeys
 
 log = logging.getLogger("tessera.issuer")
 
 
 def _keyset(obj: dict[str, Any]) -> issuer.KeySet | None:
-    try:
-        return issuer.loads(objects.secret_text(obj, issuerkeys.KEYS_DATA_KEY))
-    except errors.TesseraError as exc:
-        log.error("The issuer key Secret is unusable: %s", exc)
-        return None
+    stored = issuerkeys.parse(obj)
+    if stored.keyset is None:
+        log.error("The issuer key Secret is unusable: %s", stored.problem)
+    return stored.keyset
 
 
 def _revocations(obj: dict[str, Any]) -> revocations.Revocations | None:

@@ -1,8 +1,13 @@
-"""The issuer key Secret: created once, whoever gets there first; rotated with optimistic concurrency."""
+"""The issuer key Secret: read, created once (whoever gets there first), replaced with optimistic concurrency.
+
+Only I/O: what to put in it (a first key set, a rotation) is decided in :mod:`tessera.core.issuer`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+from typing import Any
 
 from tessera import errors
 from tessera.core import issuer, secrets, settings
@@ -11,28 +16,46 @@ from tessera.kube import client, objects
 KEYS_DATA_KEY = "keys.json"
 
 
-async def load_or_create(kube: client.Clients, cfg: settings.Settings, now: datetime.datetime) -> issuer.KeySet:
-    """Create the key Secret if absent and return the key set that is stored (ours or a racing peer's)."""
-    candidate = secrets.build_issuer_keys_secret(issuer.initial(cfg.algorithm, now), cfg)
-    stored = await objects.create_secret_if_absent(kube, candidate)
-    return issuer.loads(objects.secret_text(stored, KEYS_DATA_KEY))
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """The key Secret as stored: its resourceVersion and key set, or why the key set is unreadable."""
+
+    version: str
+    keyset: issuer.KeySet | None
+    problem: str = ""
 
 
-async def rotate(kube: client.Clients, cfg: settings.Settings, now: datetime.datetime) -> issuer.KeySet | None:
-    """Apply the rotation schedule to the stored key set; return the new set, or None when nothing was
-    due or a peer changed the Secret first (its change arrives through the watch)."""
-    name, namespace = settings.ISSUER_KEYS_SECRET, cfg.namespace
-    what = f"rotating the issuer keys in Secret {namespace}/{name}"
-    stored = kube.to_dict(await client.call(what, kube.core.read_namespaced_secret, name, namespace))
-    keyset = issuer.loads(objects.secret_text(stored, KEYS_DATA_KEY))
-    plan = issuer.rotation(keyset, cfg, now)
-    if not plan.changes:
-        return None
-    new = issuer.rotated(keyset, plan, cfg, now)
-    manifest = secrets.build_issuer_keys_secret(new, cfg)
-    manifest["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"]
+def parse(obj: dict[str, Any]) -> Stored:
+    """A key Secret (as the API server returns it) -> :class:`Stored`; never raises, never echoes key material."""
     try:
-        await client.call(what, kube.core.replace_namespaced_secret, name, namespace, manifest)
-    except errors.Conflict:
-        return None
-    return new
+        return Stored(objects.version_of(obj), issuer.loads(objects.secret_text(obj, KEYS_DATA_KEY)))
+    except errors.KeyMaterialError as exc:
+        return Stored(objects.version_of(obj), None, str(exc))
+
+
+async def create(kube: client.Clients, cfg: settings.Settings, keyset: issuer.KeySet) -> Stored:
+    """Create the key Secret with ``keyset`` unless it exists; what is stored now (ours or a racing peer's)."""
+    return parse(await objects.create_secret_if_absent(kube, secrets.build_issuer_keys_secret(keyset, cfg)))
+
+
+async def load_or_create(kube: client.Clients, cfg: settings.Settings, now: datetime.datetime) -> issuer.KeySet:
+    """Create the key Secret with a first key set if absent; return the key set that is stored."""
+    stored = await create(kube, cfg, issuer.initial(cfg.algorithm, now))
+    if stored.keyset is None:
+        raise errors.KeyMaterialError(stored.problem)
+    return stored.keyset
+
+
+async def read(kube: client.Clients, cfg: settings.Settings) -> Stored | None:
+    found = await objects.read_secret(kube, cfg.namespace, settings.ISSUER_KEYS_SECRET)
+    return None if found is None else parse(found)
+
+
+async def replace(kube: client.Clients, cfg: settings.Settings, keyset: issuer.KeySet, version: str) -> str:
+    """Write ``keyset`` over version ``version`` of the Secret (:class:`errors.Conflict` when it changed
+    since); return the new version."""
+    name, namespace = settings.ISSUER_KEYS_SECRET, cfg.namespace
+    manifest = secrets.build_issuer_keys_secret(keyset, cfg)
+    manifest["metadata"]["resourceVersion"] = version
+    what = f"writing the issuer keys in Secret {namespace}/{name}"
+    return objects.version_of(await kube.call(what, kube.core.replace_namespaced_secret, name, namespace, manifest))

@@ -47,7 +47,7 @@ async def review(kube: client.Clients, token: str, audience: str) -> Reviewed:
         "spec": {"token": token, "audiences": [audience]},
     }
     api = kubernetes.client.AuthenticationV1Api(kube.api)
-    result = kube.to_dict(await client.call("reviewing a Kubernetes token", api.create_token_review, body))
+    result = kube.to_dict(await kube.call("reviewing a Kubernetes token", api.create_token_review, body))
     status = result.get("status") or {}
     if not status.get("authenticated"):
         raise exchange.Refusal(
@@ -67,7 +67,7 @@ async def review(kube: client.Clients, token: str, audience: str) -> Reviewed:
 async def _get(kube: client.Clients, what: str, getter: Callable[..., Any], *where: str) -> dict[str, Any] | None:
     """A Tessera object by a consistent (quorum) read, or None when it does not exist."""
     try:
-        return kube.to_dict(await client.call(what, getter, meta.GROUP, meta.VERSION, *where))
+        return kube.to_dict(await kube.call(what, getter, meta.GROUP, meta.VERSION, *where))
     except errors.NotFound:
         return None
 
@@ -121,7 +121,7 @@ async def remember_jti(
     api = kubernetes.client.CoordinationV1Api(kube.api)
     lease = _jti_lease(namespace, subject, jti, expires)
     try:
-        await client.call("recording an assertion id", api.create_namespaced_lease, namespace, lease)
+        await kube.call("recording an assertion id", api.create_namespaced_lease, namespace, lease)
     except errors.Conflict as exc:
         raise exchange.Refusal(exchange.INVALID_GRANT, "the assertion was used before (its jti is replayed)") from exc
 
@@ -131,7 +131,7 @@ async def sweep_jtis(kube: client.Clients, namespace: str, now: datetime.datetim
     api = kubernetes.client.CoordinationV1Api(kube.api)
     selector = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE},{meta.PART_OF_LABEL}={JTI_COMPONENT}"
     listed = kube.to_dict(
-        await client.call("listing assertion ids", api.list_namespaced_lease, namespace, label_selector=selector)
+        await kube.call("listing assertion ids", api.list_namespaced_lease, namespace, label_selector=selector)
     )
     removed = 0
     for lease in listed.get("items") or []:
@@ -143,7 +143,7 @@ async def sweep_jtis(kube: client.Clients, namespace: str, now: datetime.datetim
         if expired:
             try:
                 name = lease["metadata"]["name"]
-                await client.call("deleting an assertion id", api.delete_namespaced_lease, name, namespace)
+                await kube.call("deleting an assertion id", api.delete_namespaced_lease, name, namespace)
                 removed += 1
             except errors.NotFound:
                 pass

@@ -1,18 +1,24 @@
-"""Kopf registrations: which handler runs for what, and the operator's start-up and clean-up.
+"""Kopf registrations: what Kopf watches and indexes, and the operator's start-up and clean-up.
 
-Handlers live by kind (:mod:`serviceaccounts`, :mod:`accountkeys`); the operator-wide work (issuer
-key rotation, trust bundle publishing) runs as two background tasks started here. Watches are
-narrowed on the server by label, so the operator never receives other people's Secrets.
+Kopf watches the resources and fills the indexes; one event handler per resource feeds the grants
+engine, wakes the bundle publisher and puts the object on the work queue (:mod:`workqueue`), whose
+workers reconcile by kind (:mod:`serviceaccounts`, :mod:`accountkeys`, :mod:`rolebindings`,
+:mod:`identityproviders`). Kopf has no change handler and writes nothing per object (no finalizer, no
+last-handled or progress annotation): the ServiceAccount finalizer is the operator's own.
+Operator-wide work runs as background tasks started here: bundle publishing, key rotation, keeping
+the operator namespace's objects whole.
+Watches are narrowed on the server (Secrets by label, ConfigMaps by name), so the operator never
+receives other people's Secrets or ConfigMaps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -24,61 +30,172 @@ from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
 from tessera.api import serviceaccountkey as sak_api
+from tessera.core import accountkeys as core_keys
 from tessera.core import secrets
 from tessera.core import settings as core_settings
-from tessera.kube import client, issuerkeys
+from tessera.kube import client, informer, issuerkeys
 from tessera.operator import (
     accountkeys,
     identityproviders,
+    keeper,
     kopffixes,
+    metrics,
     publisher,
     rolebindings,
     rotation,
+    runtime,
     serviceaccounts,
     state,
+    workqueue,
 )
 
 MANAGED = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE}"
-INDEXES = ("serviceaccountkeys_index", "serviceaccounts_index", "trust_bundle_namespaces_index")
+WORKERS = 16  # reconciles at once; the Kubernetes client has as many connections
+QUEUE = "queue"  # the id of the event handlers (runner.QuietTimers keeps their "succeeded" lines out)
+EVENT_HANDLER_IDS = (QUEUE, "token-secret", "key-secret")
+log = logging.getLogger("tessera.operator")
 
 
-async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
-    """Configure Kopf, connect, load the issuer keys and revocations, start the background tasks."""
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf keeps no last-handled state on Tessera's objects: there is no change handler to diff for, and
+    storing one would cost a write for every create and update."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+def _configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{meta.GROUP}")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=f"kopf.{meta.GROUP}")
-    settings.persistence.finalizer = f"{meta.GROUP}/finalizer"
+    settings.persistence.diffbase_storage = NoDiffBase()
+    # Kopf adds no finalizer (no handler of ours needs one); Tessera's own (meta.FINALIZER) is its to keep.
+    settings.persistence.finalizer = f"kopf.{meta.GROUP}/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.label_selectors["secrets"] = MANAGED
-    cfg: core_settings.Settings = memo.cfg
-    memo.kube = client.connect()
-    memo.http = aiohttp.ClientSession()
-    memo.locks, memo.written = {}, {}
-    memo.hub, memo.issuer_keys, memo.grants = state.Hub(), state.Keys(), rolebindings.Grants()
-    memo.activity = state.Activity(kopffixes.paused_set())
-    await rotation.adopt(memo, await issuerkeys.load_or_create(memo.kube, cfg, datetime.datetime.now(datetime.UTC)))
-    memo.revocations = await state.RevocationStore.load(memo.kube, cfg, memo.hub)
-    logger.info(
-        "Loaded %d revocations from %s/%s",
-        len(memo.revocations.current),
-        cfg.namespace,
-        core_settings.REVOCATIONS_CONFIGMAP,
+    # Kopf's own requests (its watches above all) retry for about ten minutes before giving up, which
+    # would stop the operator: an API server outage is waited out, not turned into a restart.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, *(10,) * 60)
+
+
+def _informers(rt: runtime.Runtime) -> list[informer.Informer[Any]]:
+    """The ConfigMaps the operator keeps, each watched by name (RBAC grants list and watch by name)."""
+    loop = asyncio.get_running_loop()
+    core, ns = rt.kube.core, rt.cfg.namespace
+
+    def waking(signal_: state.Signal) -> Any:
+        return lambda _key: loop.call_soon_threadsafe(signal_.touch)
+
+    def data(obj: dict[str, Any]) -> dict[str, str]:
+        return dict(obj.get("data") or {})
+
+    def named(name: str) -> str:
+        return f"metadata.name={name}"
+
+    group = (meta.GROUP, meta.VERSION, rb_api.INFO.plural)
+
+    def bindings(namespace: str | None) -> informer.Informer[runtime.BindingEntry]:
+        if namespace is None:
+            return informer.Informer(
+                rt.kube.api, "rolebindings", rt.kube.custom.list_cluster_custom_object,
+                rolebindings.binding_entry, on_binding, group=group[0], version=group[1], plural=group[2],
+            )  # fmt: skip
+        return informer.Informer(
+            rt.kube.api, f"rolebindings in {namespace}", rt.kube.custom.list_namespaced_custom_object,
+            rolebindings.binding_entry, on_binding, group=group[0], version=group[1], namespace=namespace,
+            plural=group[2],
+        )  # fmt: skip
+
+    def on_binding(key: informer.Key | None) -> None:
+        loop.call_soon_threadsafe(rolebindings.binding_event, rt, key)
+
+    rt.rolebindings = informer.Spread(bindings, rt.watch_namespaces)
+    rt.bundles = informer.Informer(
+        rt.kube.api, "trust bundles", core.list_config_map_for_all_namespaces, publisher.observed_bundle,
+        waking(rt.hub), field_selector=named(core_settings.TRUST_BUNDLE_CONFIGMAP),
+    )  # fmt: skip
+    rt.issuer_secret = informer.Informer(
+        rt.kube.api, "issuer keys", core.list_namespaced_secret, issuerkeys.parse, waking(rt.keeper),
+        namespace=ns, field_selector=named(core_settings.ISSUER_KEYS_SECRET),
+    )  # fmt: skip
+    rt.jwks_configmap = informer.Informer(
+        rt.kube.api, "issuer JWKS", core.list_namespaced_config_map, data, waking(rt.keeper),
+        namespace=ns, field_selector=named(core_settings.ISSUER_JWKS_CONFIGMAP),
+    )  # fmt: skip
+    rt.revocations_configmap = informer.Informer(
+        rt.kube.api, "revocations", core.list_namespaced_config_map, data, waking(rt.keeper),
+        namespace=ns, field_selector=named(core_settings.REVOCATIONS_CONFIGMAP),
+    )  # fmt: skip
+    return [rt.bundles, rt.issuer_secret, rt.jwks_configmap, rt.revocations_configmap, *rt.rolebindings.informers]
+
+
+async def operator_startup(
+    settings: kopf.OperatorSettings, memo: runtime.Runtime, logger: kopf.Logger, **kw: Any
+) -> None:
+    """Configure Kopf, connect, load the issuer keys and revocations, start the background tasks."""
+    _configure(settings)
+    rt = memo
+    rt.metrics = metrics.Metrics()
+    rt.kube = client.connect(WORKERS, rt.metrics.api)
+    rt.http = aiohttp.ClientSession()
+    rt.hub, rt.issuer_keys, rt.grants, rt.keeper = state.Hub(), state.Keys(), state.GrantsState(), state.Signal()
+    rt.activity = state.Activity(kopffixes.paused_set())
+    rt.indexes = runtime.Indexes.from_kwargs(kw)
+    reconcilers: Mapping[str, workqueue.Reconcile] = {
+        serviceaccounts.KIND: lambda ns, name: serviceaccounts.reconcile(rt, ns, name),
+        accountkeys.KIND: lambda ns, name: accountkeys.reconcile(rt, ns, name),
+        rolebindings.BINDING: lambda ns, name: rolebindings.reconcile(rt, ns, name),
+        rolebindings.ROLE: lambda ns, name: rolebindings.role_reconcile(rt, ns, name),
+        identityproviders.KIND: lambda ns, name: identityproviders.reconcile(rt, ns, name),
+    }
+    rt.queue = workqueue.WorkQueue(
+        reconcilers, WORKERS, rt.activity.wait_active, lambda: client.available(rt.kube), rt.metrics
     )
-    memo.tasks = [
-        asyncio.create_task(publisher.publish_forever(memo, {name: kw[name] for name in INDEXES})),
-        asyncio.create_task(rotation.rotate_forever(memo)),
+    metrics.serve(rt.metrics, rt.metrics_address)
+    watched = _informers(rt)
+    for each in watched:
+        each.start()
+    for each in watched:  # what the operator keeps is compared with what is there, never with nothing
+        await asyncio.to_thread(each.synced.wait)  # (the grants engine is built only once all are full)
+    await keeper.load_keys(rt)
+    rt.revocations = await keeper.load_revocations(rt)
+    logger.info("Loaded %d revocations", len(rt.revocations.current))
+    rt.tasks = [
+        asyncio.create_task(rt.queue.run()),
+        asyncio.create_task(_sweep_pending(rt)),
+        asyncio.create_task(publisher.publish_forever(rt)),
+        asyncio.create_task(rotation.rotate_forever(rt)),
+        asyncio.create_task(keeper.keep_forever(rt)),
         asyncio.create_task(
-            memo.activity.watch(logger, memo.hub.indexed.is_set, lambda: os.kill(os.getpid(), signal.SIGTERM))
+            rt.activity.watch(log, rt.hub.indexed.is_set, lambda: os.kill(os.getpid(), signal.SIGTERM))
         ),
     ]
+    rt.informers = watched
 
 
-async def operator_cleanup(memo: Any, **_: Any) -> None:
+async def _sweep_pending(rt: runtime.Runtime) -> None:
+    """Look again at objects whose own write never showed in the watch (a lost event), once it stood its time."""
+    while True:
+        await asyncio.sleep(1.0)
+        for ns, name in rt.tokens_written.expired():
+            rt.queue.add(serviceaccounts.key(ns, name))
+        for ns, name in rt.key_secrets_written.expired():
+            rt.queue.add(accountkeys.key(ns, name))
+        rt.queue.add_all(rt.statuses_written.expired())
+        if rt.keys_written.expired():
+            rt.keeper.touch()
+
+
+async def operator_cleanup(memo: runtime.Runtime, **_: Any) -> None:
     for task in getattr(memo, "tasks", []):
         task.cancel()
     for task in getattr(memo, "tasks", []):
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    for each in getattr(memo, "informers", []):
+        each.stop()
     if getattr(memo, "http", None) is not None:
         await memo.http.close()
 
@@ -89,69 +206,90 @@ async def trust_bundle_namespaces_index(name: str, uid: str | None, meta: kopf.M
     return {} if meta.get("deletionTimestamp") else {name: uid or ""}
 
 
-async def inputs_changed(memo: Any, **_: Any) -> None:
-    """After any change of a bundle input (indexes are updated before handlers run): wake the publisher."""
-    memo.hub.indexed.set()
+# --- one event handler per resource: feed the engine, wake the publisher, queue the object --------------
+
+
+def _started(rt: runtime.Runtime) -> None:
+    """Handlers run only once every index is full: from now on, bundles may be published."""
+    rt.hub.indexed.set()
+
+
+async def serviceaccount_event(
+    memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None, **_: Any
+) -> None:
+    _started(memo)
+    ns, nm = namespace or "", name or ""
+    if type == "DELETED":
+        serviceaccounts.forget(memo, ns, nm)
+    echo = memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
+    rolebindings.account_changed(memo, ns, nm)
+    memo.hub.touch()
+    if not echo:  # our own status write coming back has nothing new to look at
+        memo.queue.add(serviceaccounts.key(ns, nm))
+        memo.queue.add_all(accountkeys.keys_of_account(memo, ns, nm))  # a key waiting for its account
+
+
+async def serviceaccountkey_event(
+    memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any
+) -> None:
+    _started(memo)
+    memo.hub.touch()
+    if not memo.statuses_written.seen((accountkeys.KIND, namespace or "", name or ""), meta.get("resourceVersion")):
+        memo.queue.add(accountkeys.key(namespace or "", name or ""))
+
+
+async def role_event(memo: runtime.Runtime, namespace: str | None, name: str | None, meta: kopf.Meta, **_: Any) -> None:
+    _started(memo)
+    echo = memo.statuses_written.seen((rolebindings.ROLE, namespace or "", name or ""), meta.get("resourceVersion"))
+    rolebindings.role_changed(memo, namespace, name, look=not echo)
+
+
+async def namespace_event(memo: runtime.Runtime, name: str | None, **_: Any) -> None:
+    _started(memo)
+    rolebindings.namespace_changed(memo, name)
     memo.hub.touch()
 
 
-def register(registry: kopf.OperatorRegistry, cfg: core_settings.Settings) -> None:
-    """Register every handler on ``registry`` with the settings' intervals."""
-    sa = (meta.GROUP, meta.VERSION, sa_api.INFO.plural)
-    sak = (meta.GROUP, meta.VERSION, sak_api.INFO.plural)
+async def identityprovider_event(memo: runtime.Runtime, name: str | None, meta: kopf.Meta, **_: Any) -> None:
+    _started(memo)
+    if not memo.statuses_written.seen((identityproviders.KIND, "", name or ""), meta.get("resourceVersion")):
+        memo.queue.add(identityproviders.key(name or ""))
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register every handler and index on ``registry``."""
+    group = (meta.GROUP, meta.VERSION)
+    sa, sak = (*group, sa_api.INFO.plural), (*group, sak_api.INFO.plural)
+    role = (*group, role_api.INFO.plural)
+    idp = (*group, idp_api.INFO.plural)
     opted_in = {core_settings.TRUST_BUNDLE_LABEL: core_settings.TRUST_BUNDLE_LABEL_VALUE}
     kopf.on.login(registry=registry)(kopf.login_via_client)  # a custom registry gets no default login
     kopf.on.startup(registry=registry)(operator_startup)
     kopf.on.cleanup(registry=registry)(operator_cleanup)
 
-    token_labels: dict[str, Any] = {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, secrets.TOKEN_FOR_LABEL: kopf.PRESENT}
-    kopf.index("v1", "secrets", labels=token_labels, registry=registry)(serviceaccounts.token_secrets_index)
-    kopf.index(*sa, registry=registry)(serviceaccounts.serviceaccounts_index)
-    kopf.index(*sak, registry=registry)(accountkeys.serviceaccountkeys_index)
-    kopf.index("v1", "namespaces", labels=opted_in, registry=registry)(trust_bundle_namespaces_index)
-    for resource in (sa, sak, ("v1", "namespaces")):
-        kopf.on.event(*resource, registry=registry, id="bundle-inputs")(inputs_changed)
-    issuer_labels = {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, secrets.COMPONENT_LABEL: "issuer-keys"}
-    kopf.on.event(
-        "v1", "secrets", labels=issuer_labels, registry=registry, when=lambda namespace, **_: namespace == cfg.namespace
-    )(rotation.issuer_keys_changed)
-
-    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*sa, registry=registry, id="reconcile")(serviceaccounts.serviceaccount_reconcile)
-        decorator(*sak, registry=registry, id="reconcile")(accountkeys.serviceaccountkey_reconcile)
-    reconcilers = ((sa, serviceaccounts.serviceaccount_reconcile), (sak, accountkeys.serviceaccountkey_reconcile))
-    for resource, handler in reconcilers:
-        kopf.timer(
-            *resource,
-            interval=cfg.refresh_check_seconds,
-            initial_delay=cfg.refresh_check_seconds,
-            registry=registry,
-            id="refresh",
-        )(handler)
-    kopf.on.delete(*sa, registry=registry, id="revoke")(serviceaccounts.serviceaccount_delete)
-    idp = (meta.GROUP, meta.VERSION, idp_api.INFO.plural)
-    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*idp, registry=registry, id="reconcile")(identityproviders.identityprovider_reconcile)
-    kopf.timer(*idp, interval=cfg.refresh_check_seconds, initial_delay=cfg.refresh_check_seconds, registry=registry,
-               id="refresh")(identityproviders.identityprovider_reconcile)  # fmt: skip
-    _register_grants(registry, sa)
-
-
-def _register_grants(registry: kopf.OperatorRegistry, sa: tuple[str, str, str]) -> None:
-    """Roles, RoleBindings, namespace services and accounts feed the grants engine."""
-    role = (meta.GROUP, meta.VERSION, role_api.INFO.plural)
-    binding = (meta.GROUP, meta.VERSION, rb_api.INFO.plural)
-    kopf.index(*role, registry=registry)(rolebindings.roles_index)
-    kopf.index(*binding, registry=registry)(rolebindings.rolebindings_index)
-    kopf.index("v1", "namespaces", registry=registry)(rolebindings.namespace_services_index)
-    kopf.index(*sa, registry=registry)(rolebindings.account_summaries_index)
-    feeds = (
-        (role, rolebindings.role_changed),
-        (binding, rolebindings.rolebinding_changed),
-        (("v1", "namespaces"), rolebindings.namespace_changed),
-        (sa, rolebindings.account_changed),
+    managed: dict[str, Any] = {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE}
+    token_labels = {**managed, secrets.TOKEN_FOR_LABEL: kopf.PRESENT}
+    key_labels = {**managed, core_keys.KEY_FOR_LABEL: kopf.PRESENT}
+    indexes = (
+        (sa, serviceaccounts.serviceaccounts_index, None, "accounts"),
+        (sak, accountkeys.serviceaccountkeys_index, None, "account_keys"),
+        (("v1", "secrets"), serviceaccounts.token_secrets_index, token_labels, "token_secrets"),
+        (("v1", "secrets"), accountkeys.key_secrets_index, key_labels, "key_secrets"),
+        (role, rolebindings.roles_index, None, "roles"),
+        (("v1", "namespaces"), rolebindings.namespace_services_index, None, "namespace_services"),
+        (("v1", "namespaces"), trust_bundle_namespaces_index, opted_in, "bundle_namespaces"),
+        (idp, identityproviders.identityproviders_index, None, "providers"),
     )
-    for resource, handler in feeds:
-        kopf.on.event(*resource, registry=registry, id="grants")(handler)
-    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*role, registry=registry, id="accept")(rolebindings.role_reconcile)
+    for resource, fn, labels, name in indexes:
+        kopf.index(*resource, labels=labels, registry=registry, id=f"{name}_index")(fn)
+    events = (
+        (sa, serviceaccount_event, None, QUEUE),
+        (sak, serviceaccountkey_event, None, QUEUE),
+        (role, role_event, None, QUEUE),
+        (("v1", "namespaces"), namespace_event, None, QUEUE),
+        (idp, identityprovider_event, None, QUEUE),
+        (("v1", "secrets"), serviceaccounts.token_secret_changed, token_labels, "token-secret"),
+        (("v1", "secrets"), accountkeys.key_secret_changed, key_labels, "key-secret"),
+    )
+    for resource, handler, labels, handler_id in events:
+        kopf.on.event(*resource, labels=labels, registry=registry, id=handler_id)(handler)

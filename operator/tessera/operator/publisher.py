@@ -1,9 +1,11 @@
 """The trust bundle publisher: one background task that keeps every opted-in namespace's bundle current.
 
-It wakes when an input changed (the hub) or when the bundle changes by itself (a key expires, a
-revocation is pruned), renders the bundle once, and writes it only where the content differs, with
-the next sequence number (read from the ConfigMap it replaces, which must be unchanged since that
-read). A bundle over the size limit is not written at all: the namespace gets a Warning event
+It wakes when an input changed (the hub), when a bundle ConfigMap changed in the cluster (an informer
+watches every one of them by name), or when the bundle changes by itself (a key expires, a revocation
+is pruned); renders the bundle once, and writes it only where the content differs from what the
+namespace holds, with the next sequence number (read from the ConfigMap it replaces, which must be
+unchanged since that read). A bundle someone deleted or overwrote is therefore written again within
+moments. A bundle over the size limit is not written at all: the namespace gets a Warning event
 instead, and its previous bundle stays whole.
 """
 
@@ -12,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import kopf
-
 from tessera import errors, trustbundle
 from tessera.core import bundles, settings
-from tessera.kube import client, objects
-from tessera.operator import rolebindings, state
+from tessera.kube import objects
+from tessera.operator import rolebindings, runtime, state
 
 logger = logging.getLogger("tessera.bundles")
 
@@ -30,27 +31,35 @@ DEBOUNCE_SECONDS = 0.05  # a burst of changes becomes one write per namespace
 WRITERS = 16
 
 
-def _values(index: kopf.Index[Any, Any]) -> list[Any]:
-    return [value for store in index.values() for value in store]
+def digest(held: tuple[str, str | None] | None) -> str:
+    """A digest of a bundle ConfigMap's content (see :func:`bundles.held_content`): what the informer
+    keeps of each bundle, and what is compared with the bundle wanted."""
+    return hashlib.sha256(json.dumps(held).encode()).hexdigest()
 
 
-def inputs(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> bundles.Inputs:
-    cfg: settings.Settings = memo.cfg
+def observed_bundle(obj: dict[str, Any]) -> str:
+    """What the bundle informer keeps of a trust bundle ConfigMap: a digest of its content, whatever
+    its sequence (a damaged one digests as None, which no wanted bundle does)."""
+    return digest(bundles.held_content(obj.get("data")))
+
+
+def inputs(rt: runtime.Runtime) -> bundles.Inputs:
+    ix = rt.indexes
     return bundles.Inputs(
-        issuer_url=cfg.issuer,
-        keyset=memo.issuer_keys.current,
-        account_keys=_values(indexes["serviceaccountkeys_index"]),
-        revocations=memo.revocations.current,
-        accounts=_values(indexes["serviceaccounts_index"]),
+        issuer_url=rt.cfg.issuer,
+        issuer_jwks=rt.issuer_keys.published,
+        account_keys=[e.trusted for store in ix.account_keys.values() for e in store if e.trusted is not None],
+        revocations=rt.revocations.current,
+        accounts=[bundles.Account.of(sa) for store in ix.accounts.values() for sa in store],
     )
 
 
 class Publisher:
-    def __init__(self, kube: client.Clients, cfg: settings.Settings) -> None:
-        self.kube, self.cfg = kube, cfg
-        # namespace -> (bundle content without its sequence, issuer CA) it holds
-        self.published: dict[str, tuple[str, str | None]] = {}
+    def __init__(self, rt: runtime.Runtime) -> None:
+        self.rt, self.cfg = rt, rt.cfg
+        self.published: dict[str, str] = {}  # namespace -> digest of the content it holds, as last written or seen
         self.warned: dict[str, str] = {}  # namespace -> digest of the oversized bundle it was warned about
+        self.failed = state.Warned()
         # namespace -> (shared part, grants version, text): a round re-renders only the namespaces
         # whose grants changed, unless the shared part (keys, revocations, accounts) did.
         self.rendered: dict[str, tuple[str, int, str]] = {}
@@ -79,63 +88,85 @@ class Publisher:
         self.ca_error = None
         return found
 
+    def _held(self, namespace: str) -> str | None:
+        """The digest of what the namespace's ConfigMap holds now, as the informer last saw it."""
+        return self.rt.bundles.get(namespace, settings.TRUST_BUNDLE_CONFIGMAP)
+
     async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str], now: datetime.datetime) -> bool:
         """Bring every namespace (name -> uid) to its bundle; drop bundles where the opt-in is gone.
 
         Return whether everything succeeded (failures are retried on the next round)."""
         gate = asyncio.Semaphore(WRITERS)
 
-        async def one(coro: Any) -> bool:
+        async def one(namespace: str, coro: Any) -> bool:
             async with gate:
                 try:
                     await coro
                 except errors.KubeError as exc:
-                    logger.warning("Failed to update a trust bundle, will retry: %s", exc)
+                    self.rt.metrics.bundle_writes.labels("failed").inc()
+                    if self.failed.first(namespace, str(exc)):
+                        logger.warning("Failed to update the trust bundle in %s, will retry: %s", namespace, exc)
                     return False
+                self.failed.clear(namespace)
                 return True
 
         ca = self.issuer_ca()
-        texts = {ns: text_for(ns) for ns in namespaces}
         for gone in set(self.rendered) - set(namespaces):
             del self.rendered[gone]
-        jobs = [
-            one(self._write(ns, uid, texts[ns], ca, now))
-            for ns, uid in namespaces.items()
-            if self.published.get(ns) != (texts[ns], ca)
-        ]
-        jobs += [one(self._withdraw(ns)) for ns in list(self.published) if ns not in namespaces]
+        jobs, largest = [], 0
+        for ns, uid in namespaces.items():
+            text = text_for(ns)
+            largest = max(largest, len(text.encode()))
+            wanted = digest((text, ca))
+            if self.published.get(ns) != wanted or self._held(ns) != wanted:
+                jobs.append(one(ns, self._write(ns, uid, text, ca, wanted, now)))
+        self.rt.metrics.bundle_largest.set(largest)
+        jobs += [one(ns, self._withdraw(ns)) for ns in list(self.published) if ns not in namespaces]
         return all(await asyncio.gather(*jobs))
 
-    async def _write(self, namespace: str, uid: str, content: str, ca: str | None, now: datetime.datetime) -> None:
+    async def _write(
+        self, namespace: str, uid: str, content: str, ca: str | None, wanted: str, now: datetime.datetime
+    ) -> None:
         name = settings.TRUST_BUNDLE_CONFIGMAP
-        current = await objects.read_configmap(self.kube, namespace, name)
+        current = await objects.read_configmap(self.rt.kube, namespace, name)
         data = bundles.planned_data(content, ca, current and current.get("data"), now)
-        if data is not None:
+        if data is None:
+            self.rt.metrics.bundle_writes.labels("unchanged").inc()
+        else:
             text = data[trustbundle.BUNDLE_KEY]
             if not bundles.fits(text, self.cfg.bundle_max_bytes):
+                self.rt.metrics.bundle_writes.labels("too_large").inc()
                 await self._warn_oversized(namespace, uid, text)
                 return
             version = current["metadata"]["resourceVersion"] if current else None
-            await objects.put_configmap(self.kube, bundles.build_configmap(namespace, data, version))
-            logger.info("Updated the trust bundle in %s/%s", namespace, name)
-        self.published[namespace] = (content, ca)
+            await objects.put_configmap(self.rt.kube, bundles.build_configmap(namespace, data, version))
+            self.rt.metrics.bundle_writes.labels("written").inc()
+            self.rt.metrics.bundle_bytes.observe(len(text.encode()))
+            if self.published.get(namespace) == wanted:  # it held this bundle, and someone changed or deleted it
+                self.rt.metrics.healed.labels("trust_bundle").inc()
+                logger.warning("Restored the trust bundle in %s/%s", namespace, name)
+            else:
+                logger.info("Updated the trust bundle in %s/%s", namespace, name)
+        self.published[namespace] = wanted
         self.warned.pop(namespace, None)
 
     async def _warn_oversized(self, namespace: str, uid: str, text: str) -> None:
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if self.warned.get(namespace) == digest:
+        oversized = hashlib.sha256(text.encode()).hexdigest()
+        if self.warned.get(namespace) == oversized:
             return
         message = (
             f"the trust bundle would be {len(text.encode())} bytes, over the limit of {self.cfg.bundle_max_bytes};"
             " the previous bundle was kept unchanged. Remove unused ServiceAccountKeys or split tenants."
         )
-        involved = {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "namespace": namespace, "uid": uid}
-        await objects.post_event(self.kube, involved, namespace, "TrustBundleTooLarge", message)
+        involved = objects.involved("v1", "Namespace", "", namespace, uid) | {"namespace": namespace}
+        await objects.post_event(self.rt.kube, involved, namespace, "TrustBundleTooLarge", message)
+        self.rt.metrics.warnings.labels("TrustBundleTooLarge").inc()
         logger.error("Did not update the trust bundle in %s: %s", namespace, message)
-        self.warned[namespace] = digest
+        self.warned[namespace] = oversized
 
     async def _withdraw(self, namespace: str) -> None:
-        if await objects.delete_configmap_if_ours(self.kube, namespace, settings.TRUST_BUNDLE_CONFIGMAP):
+        if await objects.delete_configmap_if_ours(self.rt.kube, namespace, settings.TRUST_BUNDLE_CONFIGMAP):
+            self.rt.metrics.bundle_writes.labels("removed").inc()
             logger.info("Removed the trust bundle from %s: the namespace no longer opts in", namespace)
         self.published.pop(namespace, None)
         self.warned.pop(namespace, None)
@@ -145,27 +176,28 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+async def publish_forever(rt: runtime.Runtime) -> None:
     """Runs for the operator's lifetime, from the moment every index is filled."""
-    await memo.hub.indexed.wait()
-    await memo.grants.built.wait()  # a bundle without its grants would refuse everyone for a moment
-    publisher = Publisher(memo.kube, memo.cfg)
+    await rt.hub.indexed.wait()
+    await rt.grants.built.wait()  # a bundle without its grants would refuse everyone for a moment
+    await asyncio.to_thread(rt.bundles.synced.wait)  # what every namespace holds: compared before writing
+    publisher = Publisher(rt)
 
     async def publish() -> float:
-        await memo.activity.wait_active()  # a replica paused by peering writes nothing
+        await rt.activity.wait_active()  # a replica paused by peering writes nothing
         now = _utcnow()
-        await memo.revocations.prune(now)
-        current = inputs(memo, indexes)
+        await rt.revocations.prune(now)
+        current = inputs(rt)
         shared = bundles.document(current, now)
         shared_text = bundles.render(shared)
-        namespaces = {ns: uid for ns, store in indexes["trust_bundle_namespaces_index"].items() for uid in store}
+        namespaces = {ns: uid for ns, store in rt.indexes.bundle_namespaces.items() for uid in store}
 
         def text_for(namespace: str) -> str:
             return publisher.text(
                 namespace,
                 shared_text,
-                rolebindings.grants_version(memo, namespace),
-                lambda: bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(memo, namespace))),
+                rolebindings.grants_version(rt, namespace),
+                lambda: bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(rt, namespace))),
             )
 
         ok = await publisher.sync(namespaces, text_for, now)
@@ -173,7 +205,7 @@ async def publish_forever(memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]
         return pause if ok else min(pause, state.RETRY_SECONDS)
 
     async def wait(seconds: float) -> None:
-        await memo.hub.wait(seconds)
+        await rt.hub.wait(seconds)
         await asyncio.sleep(DEBOUNCE_SECONDS)
 
     await state.forever("to publish trust bundles", logger, publish, wait)

@@ -3,60 +3,43 @@ grants in each namespace's trust bundle, all kept current incrementally.
 
 Kopf indexes hold what the computation needs of Roles, RoleBindings, namespaces and accounts. The
 first event after start-up (Kopf runs no handler before every index is full) builds the
-:class:`~tessera.core.grants.Engine` from them and writes whatever differs from the stored statuses;
-every later event feeds one change to the engine, which names exactly the bindings, principals and
-namespaces whose result changed, and only those are compared and written.
+:class:`~tessera.core.grants.Engine` from them and puts every binding and account on the work queue,
+whose reconciles compare each stored status with the computation and write only what differs
+(:func:`reconcile`; an account's summary is written with its token status, in one write). Every
+later event feeds one change to the engine, which names exactly the bindings, principals and
+namespaces whose result changed: those bindings and accounts are queued, those bundles re-rendered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 import pydantic
 
-from tessera import errors, trustbundle
-from tessera.api import meta
+from tessera import trustbundle
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
 from tessera.core import assignments, conditions, grants, status
 from tessera.kube import objects
+from tessera.operator import runtime, serviceaccounts, statuses, workqueue
 
+BINDING, ROLE = rb_api.INFO.kind, role_api.INFO.kind
 logger = logging.getLogger("tessera.grants")
-Key = tuple[str, str]
-Indexes = Mapping[str, kopf.Index[Any, Any]]
 
 
-@dataclasses.dataclass(frozen=True)
-class BindingEntry:
-    facts: assignments.BindingFacts
-    conditions: tuple[meta.Condition, ...]
-    status: dict[str, Any]
+def binding_key(namespace: str, name: str) -> workqueue.Key:
+    return (BINDING, namespace, name)
 
 
-@dataclasses.dataclass(frozen=True)
-class AccountEntry:
-    enabled: bool
-    summary: dict[str, Any]  # services and boundIn as stored in its status
-
-
-class Grants:
-    """The engine, built once every index is full; shared through the memo."""
-
-    def __init__(self) -> None:
-        self.engine: grants.Engine | None = None
-        self.built = asyncio.Event()
-
-
-def _first(index: kopf.Index[Any, Any], key: Any) -> Any:
-    return next(iter(index.get(key, [])), None)
+# --- indexes --------------------------------------------------------------------------------------------
 
 
 async def roles_index(body: kopf.Body, **_: Any) -> Any:
@@ -64,17 +47,26 @@ async def roles_index(body: kopf.Body, **_: Any) -> Any:
         role = role_api.Role.parse(body)
     except pydantic.ValidationError:
         return {}
-    return {(role.namespace, role.name): assignments.RoleFacts.of(role)}
+    return {(role.namespace, role.name): role}
 
 
-async def rolebindings_index(body: kopf.Body, **_: Any) -> Any:
-    try:
-        binding = rb_api.RoleBinding.parse(body)
-    except pydantic.ValidationError:
-        return {}
+def binding_entry(body: dict[str, Any]) -> runtime.BindingEntry | None:
+    """What the RoleBinding informer keeps of a binding: its facts and a digest of its stored status (not
+    the status itself: it lists up to 5,000 assignments, and ten thousand of them would be kept for a
+    comparison). Runs in the informer's thread; None leaves a binding that does not parse out."""
     stored = dict(body.get("status") or {})
-    entry = BindingEntry(assignments.BindingFacts.of(binding), tuple(binding.status.conditions), stored)
-    return {(binding.namespace, binding.name): entry}
+    try:
+        binding = rb_api.RoleBinding.parse({**body, "status": {"conditions": stored.get("conditions") or []}})
+    except pydantic.ValidationError:
+        return None
+    return runtime.BindingEntry(
+        assignments.BindingFacts.of(binding),
+        tuple(binding.status.conditions),
+        status.digest(stored),
+        status.ready_condition(stored),
+        binding.metadata.uid or "",
+        binding.metadata.resource_version or "",
+    )
 
 
 async def namespace_services_index(name: str, annotations: Mapping[str, str], **_: Any) -> Any:
@@ -82,167 +74,177 @@ async def namespace_services_index(name: str, annotations: Mapping[str, str], **
     return {name: services} if services else {}
 
 
-async def account_summaries_index(body: kopf.Body, **_: Any) -> Any:
-    meta_ = body.get("metadata") or {}
-    stored = body.get("status") or {}
-    summary = {"services": stored.get("services"), "boundIn": stored.get("boundIn")}
-    enabled = not (body.get("spec") or {}).get("disabled", False)
-    return {(meta_.get("namespace"), meta_.get("name")): AccountEntry(enabled, summary)}
+# --- the engine, fed by events ----------------------------------------------------------------------------
 
 
-def _state(indexes: Indexes) -> grants.State:
-    accounts = indexes["account_summaries_index"]
+def _state(rt: runtime.Runtime, bindings: Mapping[runtime.Key, runtime.BindingEntry]) -> grants.State:
+    ix = rt.indexes
+    accounts = {key: sa for key in ix.accounts if (sa := runtime.first(ix.accounts, key)) is not None}
     return grants.State(
-        roles={key: _first(indexes["roles_index"], key) for key in indexes["roles_index"]},
-        bindings={key: _first(indexes["rolebindings_index"], key).facts for key in indexes["rolebindings_index"]},
-        namespace_services={
-            ns: _first(indexes["namespace_services_index"], ns) for ns in indexes["namespace_services_index"]
-        },
-        accounts=frozenset(key for key in accounts if _first(accounts, key).enabled),
-        disabled=frozenset(key for key in accounts if not _first(accounts, key).enabled),
+        roles={key: assignments.RoleFacts.of(role) for key in ix.roles if (role := runtime.first(ix.roles, key))},
+        bindings={key: entry.facts for key, entry in bindings.items()},
+        namespace_services={ns: s for ns in ix.namespace_services if (s := runtime.first(ix.namespace_services, ns))},
+        accounts=frozenset(key for key, sa in accounts.items() if not sa.spec.disabled),
+        disabled=frozenset(key for key, sa in accounts.items() if sa.spec.disabled),
     )
 
 
-def _everything(engine: grants.Engine, indexes: Indexes) -> grants.Delta:
-    """After a start: compare every binding and account with what the computation says."""
-    result = engine.result
-    return grants.Delta(
-        bindings=frozenset(result.bindings) | frozenset(indexes["rolebindings_index"]),
-        principals=frozenset(result.principals)
-        | frozenset(sa_api.subject_urn(ns, name) for ns, name in indexes["account_summaries_index"]),
-        grants=frozenset(result.grants),
-    )
-
-
-async def _changed(memo: Any, indexes: Mapping[str, Any], change: Any) -> None:
-    """Apply one change (a callable on the engine returning a Delta) and write what it altered."""
-    hub: Grants = memo.grants
-    first = hub.engine is None
-    started = time.monotonic()
-    if hub.engine is None:
-        hub.engine = grants.Engine(_state(indexes))
-        delta = _everything(hub.engine, indexes)
-        logger.info(
-            "Computed the assignments of %d RoleBindings in %.2fs",
-            len(hub.engine.result.bindings),
-            time.monotonic() - started,
-        )
-        hub.built.set()
-    else:
-        delta = change(hub.engine)
+def _queue(rt: runtime.Runtime, delta: grants.Delta) -> None:
+    """Queue the bindings and accounts ``delta`` names; wake the publisher for the bundles it names."""
+    rt.queue.add_all(binding_key(*key) for key in delta.bindings)
+    for principal in delta.principals | delta.tokens:
+        account = grants.account_of(principal)
+        if account is not None:
+            rt.queue.add(serviceaccounts.key(*account))
     if delta.grants:
-        memo.hub.touch()
-    try:
-        written = await _write(memo, hub.engine, delta, indexes)
-    except errors.KubeError as exc:
-        raise kopf.TemporaryError(f"{exc}; will retry", delay=10) from exc
-    if first:
-        logger.info(
-            "Start-up sync done in %.2fs: compared %d RoleBinding and %d account statuses, wrote %d",
-            time.monotonic() - started,
-            len(delta.bindings),
-            len(delta.principals),
-            written,
-        )
+        rt.hub.touch()
 
 
-async def _write(memo: Any, engine: grants.Engine, delta: grants.Delta, indexes: Indexes) -> int:
-    """Write the statuses ``delta`` names where they differ from the stored ones; return how many were written."""
-    now = datetime.datetime.now(datetime.UTC)
-    jobs = [_write_binding(memo, engine, key, indexes, now) for key in delta.bindings]
-    jobs += [_write_summary(memo, engine, key, indexes) for key in delta.principals]
-    written = 0
-    for batch in (jobs[i : i + 32] for i in range(0, len(jobs), 32)):
-        written += sum(await asyncio.gather(*batch))
-    return written
+def changed(rt: runtime.Runtime, change: Callable[[grants.Engine], grants.Delta]) -> None:
+    """Apply one change to the engine; before it is built, try to build it (once Kopf's indexes and the
+    RoleBinding informer are both full: a change meanwhile is part of what it is built from)."""
+    state = rt.grants
+    if state.engine is None:
+        if rt.hub.indexed.is_set() and rt.rolebindings.synced():
+            _build(rt)
+        return
+    _queue(rt, change(state.engine))
 
 
-async def _write_binding(memo: Any, engine: grants.Engine, key: Key, indexes: Indexes, now: datetime.datetime) -> bool:
-    result, entry = engine.result.bindings.get(key), _first(indexes["rolebindings_index"], key)
-    if result is None or entry is None:
-        return False
-    new = assignments.binding_status(entry.conditions, result, now)
-    if not status.needs_update(entry.status, new):
-        return False
-    await objects.patch_status(memo.kube, rb_api.INFO.plural, key[0], key[1], new)
-    logger.info("Updated RoleBinding %s/%s: %s (%d assignments)", *key, result.reason, len(result.assignments))
-    return True
-
-
-async def _write_summary(memo: Any, engine: grants.Engine, principal: str, indexes: Indexes) -> bool:
-    key = grants.account_of(principal)
-    entry = _first(indexes["account_summaries_index"], key) if key else None
-    if key is None or entry is None:
-        return False  # a user (its summary lives in the bundles), or an account that is gone
-    new = grants.summary_status(engine.result.principals.get(principal))
-    if not status.needs_update({k: v or [] for k, v in entry.summary.items()}, new):
-        return False
-    await objects.patch_status(memo.kube, sa_api.INFO.plural, key[0], key[1], new)
-    logger.info("Updated the services summary of ServiceAccount %s/%s: %s", *key, new["services"])
-    return True
-
-
-def _also(
-    delta: grants.Delta,
-    bindings: frozenset[Key] | set[Key] = frozenset(),
-    principals: frozenset[str] | set[str] = frozenset(),
-) -> grants.Delta:
-    """``delta`` plus statuses to compare (and write only if they differ from the computation)."""
-    return dataclasses.replace(
-        delta, bindings=delta.bindings | frozenset(bindings), principals=delta.principals | frozenset(principals)
+def _build(rt: runtime.Runtime) -> None:
+    """Build the engine from every index and put every binding and account on the queue (the start-up sync)."""
+    state, started = rt.grants, time.monotonic()
+    bindings = rt.rolebindings.snapshot()
+    rt.binding_keys = set(bindings)
+    state.engine = grants.Engine(_state(rt, bindings))
+    everything = grants.Delta(
+        bindings=frozenset(bindings),
+        principals=frozenset(sa_api.subject_urn(*key) for key in rt.indexes.accounts),
+        grants=frozenset(state.engine.result.grants),
     )
+    logger.info(
+        "Computed the assignments of %d RoleBindings in %.2fs",
+        len(state.engine.result.bindings), time.monotonic() - started,
+    )  # fmt: skip
+    state.built.set()
+    _queue(rt, everything)
+    report = _report_sync(rt, started, len(everything.bindings), len(everything.principals))
+    rt.tasks.append(asyncio.create_task(report))
 
 
-def _key(namespace: str | None, name: str | None) -> Key:
+async def _report_sync(rt: runtime.Runtime, started: float, bindings: int, principals: int) -> None:
+    """Log once the statuses queued at start-up are all compared (and written where they differed)."""
+    before = rt.status_writes
+    await rt.queue.drained()
+    logger.info(
+        "Start-up sync done in %.2fs: compared %d RoleBinding and %d account statuses, wrote %d",
+        time.monotonic() - started, bindings, principals, rt.status_writes - before,
+    )  # fmt: skip
+
+
+def _key(namespace: str | None, name: str | None) -> runtime.Key:
     return (namespace or "", name or "")
 
 
-async def role_changed(memo: Any, namespace: str | None, name: str | None, **kw: Any) -> None:
+def role_changed(rt: runtime.Runtime, namespace: str | None, name: str | None, look: bool = True) -> None:
     key = _key(namespace, name)
-    await _changed(memo, kw, lambda e: e.set_role(key, _first(kw["roles_index"], key)))
+    role = runtime.first(rt.indexes.roles, key)
+    changed(rt, lambda e: e.set_role(key, assignments.RoleFacts.of(role) if role else None))
+    if look:
+        rt.queue.add((ROLE, *key))
 
 
-async def rolebinding_changed(memo: Any, namespace: str | None, name: str | None, **kw: Any) -> None:
+def _set_binding(key: runtime.Key, facts: assignments.BindingFacts | None, engine: grants.Engine) -> grants.Delta:
+    return engine.set_binding(key, facts)
+
+
+def binding_event(rt: runtime.Runtime, key: runtime.Key | None) -> None:
+    """From the RoleBinding informer (on the event loop): one binding changed, or (None) everything may
+    have, after a (re)list."""
+    keys = [key] if key is not None else sorted(set(rt.rolebindings.snapshot()) | rt.binding_keys)
+    for each in keys:
+        entry = rt.rolebindings.get(*each)
+        echo = entry is not None and rt.statuses_written.seen((BINDING, *each), entry.version)
+        if entry is None:
+            rt.binding_keys.discard(each)
+            rt.statuses_written.forget((BINDING, *each))
+            rt.queue.forget(binding_key(*each))
+        else:
+            rt.binding_keys.add(each)
+        facts = entry.facts if entry is not None else None
+        changed(rt, functools.partial(_set_binding, each, facts))
+        if entry is not None and not echo:  # any event but our own write: compare its status (a repair)
+            rt.queue.add(binding_key(*each))
+
+
+def namespace_changed(rt: runtime.Runtime, name: str | None) -> None:
+    services = runtime.first(rt.indexes.namespace_services, name) or frozenset()
+    changed(rt, lambda e: e.set_namespace_services(name or "", services))
+
+
+def account_changed(rt: runtime.Runtime, namespace: str | None, name: str | None) -> None:
     key = _key(namespace, name)
-    entry = _first(kw["rolebindings_index"], key)
-    # Also compare this binding's stored status with the computation (the Delta names only what the
-    # computation changed): any event about it repairs a status someone else overwrote.
-    await _changed(memo, kw, lambda e: _also(e.set_binding(key, entry.facts if entry else None), bindings={key}))
+    sa = runtime.first(rt.indexes.accounts, key)
+    exists, enabled = sa is not None, sa is not None and not sa.spec.disabled
+    changed(rt, lambda e: e.set_account(key, exists, enabled))
 
 
-async def namespace_changed(memo: Any, name: str | None, **kw: Any) -> None:
-    services = _first(kw["namespace_services_index"], name) or frozenset()
-    await _changed(memo, kw, lambda e: e.set_namespace_services(name or "", services))
+# --- reconciles -------------------------------------------------------------------------------------------
 
 
-async def account_changed(memo: Any, namespace: str | None, name: str | None, **kw: Any) -> None:
-    key = _key(namespace, name)
-    entry = _first(kw["account_summaries_index"], key)
-    exists, enabled = entry is not None, entry is not None and entry.enabled
-    principal = sa_api.subject_urn(*key)  # and its stored summary, as for bindings
-    await _changed(memo, kw, lambda e: _also(e.set_account(key, exists, enabled), principals={principal}))
+async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | None:
+    """Write a binding's status where it differs from the computation, with a Warning per new problem."""
+    await rt.grants.built.wait()
+    key = (namespace, name)
+    entry, engine = rt.rolebindings.get(namespace, name), rt.grants.engine
+    result = engine.result.bindings.get(key) if engine is not None else None
+    if entry is None or result is None:
+        return None
+    pending, mine = rt.statuses_written.get((BINDING, namespace, name))
+    digest, ready = (mine["digest"], mine["ready"]) if pending and mine else (entry.status_digest, entry.ready)
+    new = assignments.binding_status(entry.conditions, result, datetime.datetime.now(datetime.UTC))
+    if status.digest(new) == digest:
+        return None
+    version = await objects.patch_status(rt.kube, rb_api.INFO.plural, namespace, name, new)
+    if version is None:
+        return None
+    rt.statuses_written.wrote(
+        (BINDING, namespace, name), version, {"digest": status.digest(new), "ready": status.ready_condition(new)}
+    )
+    ref = statuses.Ref(rb_api.INFO, namespace, name, entry.uid, result.generation)
+    await statuses.warn(rt, ref, [ready], result.warnings)
+    rt.status_writes += 1
+    logger.info(
+        "[%s/%s] Updated RoleBinding: %s (%d assignments)", namespace, name, result.reason, len(result.assignments)
+    )
+    return None
 
 
-async def role_reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def role_reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | None:
     """A Role the API server accepted is valid (its schema checks every permission): Ready=True."""
-    role = role_api.Role.parse(body)
+    role = runtime.first(rt.indexes.roles, (namespace, name))
+    if role is None:
+        return None
     now = datetime.datetime.now(datetime.UTC)
     gen = role.metadata.generation
     condition = conditions.ready(True, "Accepted", f"{len(role.spec.permissions)} permissions", gen)
     new = role_api.RoleStatus(
         conditions=conditions.set_condition(role.status.conditions, condition, now), observed_generation=gen
     ).wire()
-    if status.needs_update(body.get("status"), new):
-        patch.status.update(new)
+    await statuses.write(rt, role_api.INFO, role, statuses.stored(rt, ROLE, namespace, name, role.status.wire()), new)
+    return None
 
 
-def grants_version(memo: Any, namespace: str) -> int:
-    engine: grants.Engine | None = memo.grants.engine
+# --- what the bundles read --------------------------------------------------------------------------------
+
+
+def grants_version(rt: runtime.Runtime, namespace: str) -> int:
+    engine = rt.grants.engine
     return engine.grants_version(namespace) if engine else -1
 
 
-def bundle_grants(memo: Any, namespace: str) -> dict[str, trustbundle.Grant]:
+def bundle_grants(rt: runtime.Runtime, namespace: str) -> dict[str, trustbundle.Grant]:
     """The grants of one namespace, as its trust bundle carries them (principal -> permissions, services)."""
-    engine: grants.Engine | None = memo.grants.engine
+    engine = rt.grants.engine
     given: Mapping[str, grants.Grant] = engine.result.grants.get(namespace, {}) if engine else {}
     return {p: trustbundle.Grant(tuple(g.permissions), tuple(g.services)) for p, g in sorted(given.items())}

@@ -10,19 +10,18 @@ import time
 import kopf
 
 from tessera.core import settings as core_settings
-from tessera.operator import handlers, kopffixes
+from tessera.operator import handlers, kopffixes, runtime
 
 
 class QuietTimers(logging.Filter):
-    """Drop Kopf's per-tick "Timer ... succeeded" lines and the per-event "Handler 'bundle-inputs'
-    succeeded" lines: a thousand accounts would log thousands a minute and hide what happened."""
+    """Drop Kopf's per-event "Handler 'queue' succeeded" lines (and per-tick timer lines): every event
+    of every object would log one, thousands a minute, and hide what happened."""
+
+    ROUTINE = frozenset(f"Handler '{handler_id}' succeeded." for handler_id in handlers.EVENT_HANDLER_IDS)
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
-        routine = (text.startswith("Timer ") and "succeeded" in text) or text in {
-            "Handler 'bundle-inputs' succeeded.",
-            "Handler 'grants' succeeded.",
-        }
+        routine = (text.startswith("Timer ") and "succeeded" in text) or text in self.ROUTINE
         return not (record.levelno <= logging.INFO and routine)
 
 
@@ -48,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, namespace=args.namespace)
     kopffixes.apply()
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, cfg)
+    handlers.register(registry)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
     logging.getLogger("kopf.objects").addFilter(QuietTimers())
     kopf.run(
         registry=registry,
-        memo=kopf.Memo(cfg=cfg),
+        memo=runtime.Runtime(cfg, args.metrics, args.watch_namespace),
         clusterwide=not args.watch_namespace,
         namespaces=args.watch_namespace,
         standalone=args.peering is None,
