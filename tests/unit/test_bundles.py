@@ -145,3 +145,22 @@ def test_the_issuer_ca_travels_beside_the_bundle_and_a_new_one_is_written() -> N
     renewed = bundles.planned_data(content, "CA 2", held, LATER)
     assert renewed is not None and renewed["issuer-ca.crt"] == "CA 2"
     assert (sequence_of(renewed) or 0) > (sequence_of(held) or 0)
+
+
+def test_keys_someone_added_beside_the_bundle_get_it_rewritten_without_them() -> None:
+    content = bundles.render(bundles.document(inputs(), NOW))
+    held = bundles.planned_data(content, None, None, NOW)
+    assert held is not None
+    rewritten = bundles.planned_data(content, None, {**held, "extra.json": "{}"}, LATER)
+    assert rewritten is not None and set(rewritten) == {"bundle.json"}
+    assert (sequence_of(rewritten) or 0) > (sequence_of(held) or 0)
+
+
+def test_what_a_configmap_holds_is_compared_whatever_its_sequence() -> None:
+    content = bundles.render(bundles.document(inputs(), NOW))
+    first = bundles.planned_data(content, "CA", None, NOW)
+    resequenced = bundles.planned_data(content, "CA", {"bundle.json": content}, LATER)  # unsequenced: rewritten
+    assert first is not None and resequenced is not None and sequence_of(first) != sequence_of(resequenced)
+    assert bundles.held_content(first) == bundles.held_content(resequenced) == (content, "CA")
+    for damaged in (None, {}, {"bundle.json": content}, {"bundle.json": "{not json"}, {**first, "x": "y"}):
+        assert bundles.held_content(damaged) is None
