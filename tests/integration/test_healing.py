@@ -102,24 +102,23 @@ def test_a_damaged_trust_bundle_is_restored(cluster: Cluster, operator: Operator
     opt_in(cluster, namespace)
     apply(cluster, namespace, SA, "app", {"allowedCIDRs": ["10.1.0.0/16"]})
     subject = f"urn:tessera:serviceaccount:{namespace}:app"
-    whole = waiting.until(
-        lambda: (b := bundle(cluster, namespace)) and subject in b.get("accounts", {}) and b, what="the bundle"
-    )
+
+    def with_the_account() -> dict[str, Any] | None:
+        found = bundle(cluster, namespace)
+        return found if found and subject in found.get("accounts", {}) else None
+
+    whole = waiting.until(with_the_account, what="the bundle")
     damage(cluster, namespace)
 
     def unsequenced(found: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in found.items() if k != "sequence"}
 
-    restored = waiting.until(
-        lambda: (
-            _quiet(lambda: cluster.configmap_data(namespace, settings.TRUST_BUNDLE_CONFIGMAP).keys(), set())
-            == {"bundle.json"}
-            and (b := bundle(cluster, namespace))
-            and unsequenced(b) == unsequenced(whole)
-            and b
-        ),
-        what="the bundle restored, whole and alone",
-    )
+    def restored_bundle() -> dict[str, Any] | None:
+        keys = _quiet(lambda: cluster.configmap_data(namespace, settings.TRUST_BUNDLE_CONFIGMAP).keys(), set())
+        found = bundle(cluster, namespace) if keys == {"bundle.json"} else None
+        return found if found and unsequenced(found) == unsequenced(whole) else None
+
+    restored = waiting.until(restored_bundle, what="the bundle restored, whole and alone")
     assert restored["sequence"] > whole["sequence"], "a sidecar holding the old bundle must take the restored one"
 
 
