@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from tessera.sidecar import rules, verify
 
@@ -20,11 +21,23 @@ REASON_HEADER = "X-Tessera-Reason"
 IDENTITY_HEADERS = (SUBJECT_HEADER, ISSUER_HEADER, PERMISSIONS_HEADER)
 REALM = "tessera"
 
+# Every outcome's reason (X-Tessera-Reason): a token's refusal, the request's own, or the allowed kinds.
+Reason = (
+    verify.Refusal
+    | rules.MatchReason
+    | Literal["missing_token", "multiple_authorization_headers", "not_a_bearer_token"]
+    | Literal["source_not_allowed", "permission_denied", "public", "authenticated", "permitted"]
+    | Literal["not_ready", "verification_error"]  # the server's: no bundle yet; a bug in verification
+)
+REASONS: frozenset[str] = frozenset(
+    reason for part in get_args(Reason) for reason in (get_args(part) if get_args(part) else (part,))
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
     status: int  # 200, 401 or 403
-    reason: str
+    reason: Reason
     identity: verify.Identity | None = None
     error: str | None = None  # RFC 6750 error code for WWW-Authenticate
 
@@ -34,7 +47,7 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         """Response headers: the verified identity on success, the challenge and reason otherwise."""
-        found = {REASON_HEADER: self.reason}
+        found: dict[str, str] = {REASON_HEADER: self.reason}
         if self.status == 200:
             if self.identity is not None:
                 found[SUBJECT_HEADER] = self.identity.subject
@@ -48,11 +61,11 @@ class Decision:
         return found
 
 
-def unauthenticated(reason: str, error: str | None = "invalid_token") -> Decision:
+def unauthenticated(reason: Reason, error: str | None = "invalid_token") -> Decision:
     return Decision(401, reason, None, error)
 
 
-def forbidden(reason: str, identity: verify.Identity | None = None) -> Decision:
+def forbidden(reason: Reason, identity: verify.Identity | None = None) -> Decision:
     return Decision(403, reason, identity, "insufficient_scope")
 
 

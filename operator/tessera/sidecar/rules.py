@@ -156,10 +156,13 @@ def canonical_path(target: str) -> str | None:
     return path
 
 
+MatchReason = Literal["matched", "no_rule", "path_not_canonical", "ambiguous_case"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Match:
     rule: Rule | None
-    reason: str  # "matched", "no_rule", "path_not_canonical", "ambiguous_case"
+    reason: MatchReason
 
 
 def match(rules: Sequence[Rule], method: str, target: str) -> Match:

@@ -26,7 +26,7 @@ import ipaddress
 import json
 import json.scanner
 from collections.abc import Iterable
-from typing import Any, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 from cryptography.exceptions import InvalidSignature
 
@@ -35,6 +35,15 @@ from tessera.sidecar import trust
 
 ISSUED_TYP = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068; case-insensitive per RFC 7515
 SELF_SIGNED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+# Every reason a token can be refused for (the X-Tessera-Reason of a 401).
+Refusal = Literal[
+    "token_too_large", "malformed_token", "malformed_header", "malformed_payload", "duplicate_member",
+    "alg_not_allowed", "unsupported_crit", "missing_kid", "unknown_kid", "alg_key_mismatch", "bad_signature",
+    "missing_iss", "missing_sub", "missing_exp", "missing_iat", "missing_aud", "invalid_claims",
+    "wrong_issuer", "wrong_typ", "key_expired", "wrong_audience", "expired", "not_yet_valid",
+    "issued_in_future", "lifetime_too_long", "revoked",
+]  # fmt: skip
+REFUSALS: frozenset[str] = frozenset(get_args(Refusal))
 CACHE_LIMIT = 10_000
 HEADER_CACHE_LIMIT = 256
 
@@ -61,11 +70,11 @@ class Identity(NamedTuple):  # a tuple: built once per new token, cheaper than a
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
-    reason: str
+    reason: Refusal
 
 
 class _Reject(Exception):  # internal control flow: never escapes this module
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Refusal) -> None:
         self.reason = reason
 
 
@@ -113,7 +122,7 @@ def _payload(data: bytes) -> dict[str, Any]:
     return _json(data, "malformed_payload")
 
 
-def _json(data: bytes, reason: str) -> dict[str, Any]:
+def _json(data: bytes, reason: Refusal) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
         try:  # fast path: a document that starts and ends at the braces, as every JWT library writes it
@@ -140,10 +149,16 @@ def _is_number(value: Any) -> bool:
     return kind is int or (kind is float and value - value == 0)
 
 
-def _missing_or_invalid(claims: dict[str, Any], names: tuple[str, ...], optional: tuple[str, ...] = ()) -> str:
+_MISSING: dict[str, Refusal] = {
+    "iss": "missing_iss", "sub": "missing_sub", "exp": "missing_exp", "iat": "missing_iat", "aud": "missing_aud"
+}  # fmt: skip
+
+
+def _missing_or_invalid(claims: dict[str, Any], names: tuple[str, ...]) -> Refusal:
+    """``missing_<claim>`` for the first of ``names`` that is absent (or null), else ``invalid_claims``."""
     for name in names:
-        if claims.get(name) is None and name not in optional:
-            return f"missing_{name}"
+        if claims.get(name) is None:
+            return _MISSING[name]
     return "invalid_claims"
 
 
@@ -260,7 +275,7 @@ class Verifier:
             and (type(iat) is int or _is_number(iat))
             and (nbf is None or type(nbf) is int or _is_number(nbf))
         ):
-            raise _Reject(_missing_or_invalid(claims, ("exp", "iat", "nbf"), optional=("nbf",)))
+            raise _Reject(_missing_or_invalid(claims, ("exp", "iat")))
         exp, iat = cast(float, exp), cast(float, iat)
         subject = key.subject
         if subject is not None:  # a ServiceAccountKey: the account signs for itself only
