@@ -118,7 +118,7 @@ class Kit:
     def bundle_text(self) -> str:
         return json.dumps(self.bundle(), sort_keys=True, separators=(",", ":"))
 
-    def claims(self, sub: str = BILLING, **changes: Any) -> dict[str, Any]:
+    def claims(self, sub: str | None = BILLING, **changes: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "iss": ISSUER,
             "sub": sub,
@@ -132,7 +132,7 @@ class Kit:
         body.update(changes)
         return {k: v for k, v in body.items() if v is not None}
 
-    def issued(self, sub: str = BILLING, **changes: Any) -> str:
+    def issued(self, sub: str | None = BILLING, **changes: Any) -> str:
         """A token as the operator issues it."""
         header = {"alg": keys.algorithm_for(self.issuer_key.public_key()), "kid": self.issuer_kid, "typ": "at+jwt"}
         return compact(header, self.claims(sub, **changes), self.issuer_key)
