@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import logging
 import signal
 import ssl
@@ -33,7 +32,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from tessera import errors, protocol
-from tessera.core import channel, exchange, issuer, settings
+from tessera.core import channel, clock, exchange, issuer, settings
 from tessera.issuer import bundles, caches, grants
 from tessera.kube import client, issuing
 from tessera.remote import providerkeys
@@ -220,11 +219,8 @@ async def serve(config: Config, cfg: settings.Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with aiohttp.ClientSession() as session:
-
-        def clock() -> datetime.datetime:
-            return datetime.datetime.now(datetime.UTC)
-
-        ctx = grants.Context(kube, cfg, held, providerkeys.Cache(session, clock, cfg.provider_refetch), clock)
+        now = clock.utcnow
+        ctx = grants.Context(kube, cfg, held, providerkeys.Cache(session, now, cfg.provider_refetch), now)
         reviews = bundles.Reviews(kube, cfg.kubernetes_audience)
         runner = web.AppRunner(app(ctx, hub, reviews), access_log=None, shutdown_timeout=1.0)
         await runner.setup()

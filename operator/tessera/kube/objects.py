@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import datetime
 from typing import Any
 
 from tessera import errors
 from tessera.api import meta
+from tessera.core import clock
 from tessera.kube import client
 
 
@@ -171,7 +171,7 @@ async def post_event(
     kube: client.Clients, involved: dict[str, str], namespace: str, reason: str, message: str, kind: str = "Warning"
 ) -> None:
     """Record an Event about ``involved`` (apiVersion, kind, name, uid) in ``namespace``."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock.utcnow()
     body = {
         "apiVersion": "v1",
         "kind": "Event",

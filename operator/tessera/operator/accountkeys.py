@@ -9,7 +9,6 @@ per change; a key whose account appears later is looked at again when the accoun
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +18,7 @@ import pydantic
 
 from tessera import errors
 from tessera.api import serviceaccountkey as sak_api
-from tessera.core import accountkeys
+from tessera.core import accountkeys, clock
 from tessera.crypto import keys
 from tessera.kube import objects
 from tessera.operator import runtime, statuses, workqueue
@@ -89,7 +88,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     if entry is None:
         return None
     sak = entry.key
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock.utcnow()
     exists = runtime.first(rt.indexes.accounts, (namespace, sak.spec.service_account_name)) is not None
     generated = None
     try:

@@ -18,7 +18,7 @@ import kopf
 import pydantic
 
 from tessera.api import identityprovider as idp_api
-from tessera.core import backoff, providers, status
+from tessera.core import backoff, clock, providers, status
 from tessera.operator import runtime, statuses, workqueue
 from tessera.remote import providerkeys
 
@@ -41,7 +41,7 @@ async def reconcile(rt: runtime.Runtime, _: str, name: str) -> float | None:
     provider = runtime.first(rt.indexes.providers, name)
     if provider is None:
         return None
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock.utcnow()
     if provider.spec.disabled or providers.fetch_due(provider, now):
         found, failure = None, None
         if not provider.spec.disabled:

@@ -19,23 +19,18 @@ ConfigMap and the stored revocations.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 from typing import Any
 
 from tessera import errors
-from tessera.core import issuer, revocations, secrets, settings
+from tessera.core import clock, issuer, revocations, secrets, settings
 from tessera.kube import issuerkeys, objects
 from tessera.operator import runtime, serviceaccounts, state
 
 logger = logging.getLogger("tessera.issuer")
 
 JWKS_KEY = "jwks.json"
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def stored_data(rt: runtime.Runtime, which: str) -> dict[str, str] | None:
@@ -88,7 +83,7 @@ async def load_keys(rt: runtime.Runtime) -> None:
         return
     published = _stored_jwks(rt)
     if stored is None and not issuer.lost_keys(published):
-        await _create(rt, issuer.initial(cfg.algorithm, _utcnow()))
+        await _create(rt, issuer.initial(cfg.algorithm, clock.utcnow()))
         return
     if stored is not None:
         logger.error("The issuer key Secret is unreadable (%s)", stored.problem)
@@ -111,8 +106,8 @@ async def load_revocations(rt: runtime.Runtime) -> state.RevocationStore:
     store = state.RevocationStore(rt.kube, rt.cfg, rt.hub, dict(stored or {}), rt.metrics)
     if stored is None:
         recovered = await _from_bundles(rt)
-        store.current = revocations.pruned(recovered, _utcnow())
-        await store.heal(None, _utcnow())
+        store.current = revocations.pruned(recovered, clock.utcnow())
+        await store.heal(None, clock.utcnow())
         rt.metrics.healed.labels("revocations").inc()
         logger.warning(
             "The stored revocations were missing or unreadable: recovered %d from the trust bundles and stored them",
@@ -155,7 +150,7 @@ async def keep(rt: runtime.Runtime) -> float:
     await rt.activity.wait_active()  # a replica paused by peering writes nothing
     await _keep_keys(rt)
     await _keep_jwks(rt)
-    if await rt.revocations.heal(_stored_revocations(rt), _utcnow()):
+    if await rt.revocations.heal(_stored_revocations(rt), clock.utcnow()):
         rt.metrics.healed.labels("revocations").inc()
         logger.warning("Restored the stored revocations in %s/%s", rt.cfg.namespace, settings.REVOCATIONS_CONFIGMAP)
     _report(rt)
@@ -193,7 +188,7 @@ async def _keep_jwks(rt: runtime.Runtime) -> None:
     if rt.issuer_keys.lost:
         if stored_data(rt, settings.ISSUER_JWKS_CONFIGMAP) is None:  # deleted: start over, as documented
             logger.warning("The JWKS ConfigMap was deleted while the issuer keys were lost: minting new keys")
-            await _create(rt, issuer.initial(cfg.algorithm, _utcnow()))
+            await _create(rt, issuer.initial(cfg.algorithm, clock.utcnow()))
         return
     if not rt.issuer_keys.current:
         return

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
-from tessera.core import issuer
+from tessera.core import clock, issuer
 
 PREFIX = "tessera"
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -113,7 +113,7 @@ class Metrics:
 
     def keys(self, keyset: issuer.KeySet, lost: bool, next_event: datetime.datetime | None) -> None:
         """The issuer key gauges, from the key set in use."""
-        now = datetime.datetime.now(datetime.UTC)
+        now = clock.utcnow()
         self.keys_missing.set(1 if lost else 0)
         signing = [k for k in keyset if k.signs_from <= now]
         newest = max(signing, key=lambda k: k.signs_from) if signing else None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera import errors, trustbundle
-from tessera.core import bundles, settings
+from tessera.core import bundles, clock, settings
 from tessera.kube import objects
 from tessera.operator import rolebindings, runtime, state
 
@@ -172,10 +172,6 @@ class Publisher:
         self.warned.pop(namespace, None)
 
 
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 async def publish_forever(rt: runtime.Runtime) -> None:
     """Runs for the operator's lifetime, from the moment every index is filled."""
     await rt.hub.indexed.wait()
@@ -185,7 +181,7 @@ async def publish_forever(rt: runtime.Runtime) -> None:
 
     async def publish() -> float:
         await rt.activity.wait_active()  # a replica paused by peering writes nothing
-        now = _utcnow()
+        now = clock.utcnow()
         await rt.revocations.prune(now)
         current = inputs(rt)
         shared = bundles.document(current, now)

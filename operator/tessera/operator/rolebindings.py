@@ -13,7 +13,6 @@ namespaces whose result changed: those bindings and accounts are queued, those b
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
 import logging
 import time
@@ -27,7 +26,7 @@ from tessera import trustbundle
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
-from tessera.core import assignments, conditions, grants, status
+from tessera.core import assignments, clock, conditions, grants, status
 from tessera.kube import objects
 from tessera.operator import runtime, serviceaccounts, statuses, workqueue
 
@@ -202,7 +201,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
         return None
     pending, mine = rt.statuses_written.get((BINDING, namespace, name))
     digest, ready = (mine["digest"], mine["ready"]) if pending and mine else (entry.status_digest, entry.ready)
-    new = assignments.binding_status(entry.conditions, result, datetime.datetime.now(datetime.UTC))
+    new = assignments.binding_status(entry.conditions, result, clock.utcnow())
     if status.digest(new) == digest:
         return None
     version = await objects.patch_status(rt.kube, rb_api.INFO.plural, namespace, name, new)
@@ -225,7 +224,7 @@ async def role_reconcile(rt: runtime.Runtime, namespace: str, name: str) -> floa
     role = runtime.first(rt.indexes.roles, (namespace, name))
     if role is None:
         return None
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock.utcnow()
     gen = role.metadata.generation
     condition = conditions.ready(True, "Accepted", f"{len(role.spec.permissions)} permissions", gen)
     new = role_api.RoleStatus(

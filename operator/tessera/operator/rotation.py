@@ -7,19 +7,14 @@ change someone else made reaches memory through the keeper (:mod:`tessera.operat
 
 from __future__ import annotations
 
-import datetime
 import logging
 
 from tessera import errors
-from tessera.core import issuer
+from tessera.core import clock, issuer
 from tessera.kube import issuerkeys
 from tessera.operator import keeper, runtime, state
 
 logger = logging.getLogger("tessera.issuer")
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 async def rotate_forever(rt: runtime.Runtime) -> None:
@@ -29,7 +24,7 @@ async def rotate_forever(rt: runtime.Runtime) -> None:
         await rt.activity.wait_active()  # a replica paused by peering writes nothing
         if not rt.issuer_keys.current:
             return state.IDLE_SECONDS  # the keys are lost: nothing to rotate (see the keeper)
-        now = _utcnow()
+        now = clock.utcnow()
         stored = await issuerkeys.read(rt.kube, rt.cfg)
         if stored is None or stored.keyset is None:
             return state.RETRY_SECONDS  # gone or unreadable: the keeper restores it first

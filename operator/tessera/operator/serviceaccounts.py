@@ -28,7 +28,7 @@ import pydantic
 from tessera import errors
 from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
-from tessera.core import grants, issuer, revocations, secrets, status, tokens
+from tessera.core import clock, grants, issuer, revocations, secrets, status, tokens
 from tessera.crypto import tokens as crypto_tokens
 from tessera.kube import objects
 from tessera.operator import runtime, statuses, workqueue
@@ -40,10 +40,6 @@ NO_SIGNING_KEY = "IssuerKeysMissing"
 QUIET_RECHECK_SECONDS = 300.0  # a problem only someone else can fix is looked at again this often, silently
 
 logger = logging.getLogger("tessera.accounts")
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def key(namespace: str, name: str) -> workqueue.Key:
@@ -106,7 +102,7 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
             rt.kube, sa_api.INFO.plural, namespace, name, finalizers, sa.metadata.resource_version
         )
     claim, summary = _grants(rt, sa.subject)
-    now = utcnow()
+    now = clock.utcnow()
     observed = _observed(rt, ref)
     current = statuses.stored(rt, KIND, namespace, name, sa.status.wire())
     not_before = revocations.not_before(rt.revocations.current, sa.subject)
@@ -195,7 +191,7 @@ async def _deleted(rt: runtime.Runtime, sa: sa_api.ServiceAccount) -> None:
     ref = (sa.namespace, sa.name)
     observed = _observed(rt, ref)
     if observed is not None:
-        await rt.revocations.revoke(sa.subject, utcnow(), observed)
+        await rt.revocations.revoke(sa.subject, clock.utcnow(), observed)
         logger.info("[%s/%s] Revoked the tokens issued so far in every trust bundle: the account was deleted", *ref)
     others = [f for f in sa.metadata.finalizers if f != meta.FINALIZER]
     await objects.set_finalizers(

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from tessera import errors
-from tessera.core import grants, issuer, revocations, secrets, settings, tokens
+from tessera.core import clock, grants, issuer, revocations, secrets, settings, tokens
 from tessera.kube import client, objects
 from tessera.operator import metrics
 
@@ -38,7 +38,7 @@ def seconds_until(moment: datetime.datetime | None, cap: float = IDLE_SECONDS) -
     """How long to sleep until ``moment`` (a hair past it), at most ``cap``."""
     if moment is None:
         return cap
-    return min(cap, max((moment - datetime.datetime.now(datetime.UTC)).total_seconds(), 0.0) + 0.01)
+    return min(cap, max((moment - clock.utcnow()).total_seconds(), 0.0) + 0.01)
 
 
 async def forever(
