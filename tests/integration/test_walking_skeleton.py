@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 
 from tessera.api import meta
-from tessera.core import settings
+from tessera.core import issuer, settings
 from tessera.kube import client as kube_client
 from tessera.kube import issuerkeys
 from tests import waiting
@@ -155,11 +155,13 @@ def test_racing_replicas_create_exactly_one_issuer_key_set(cluster: Cluster, crd
         now = datetime.datetime.now(datetime.UTC)
 
         async def race() -> list[list[str]]:
-            results = await asyncio.gather(*(issuerkeys.load_or_create(kube, cfg, now) for _ in range(4)))
-            return [[k.kid for k in keyset] for keyset in results]
+            # four replicas, each with a key set of its own, as the keeper creates the Secret
+            candidates = [issuer.initial(cfg.algorithm, now) for _ in range(4)]
+            results = await asyncio.gather(*(issuerkeys.create(kube, cfg, keyset) for keyset in candidates))
+            return [[k.kid for k in stored.keyset or ()] for stored in results]
 
         kid_sets = asyncio.run(race())
-        assert len({tuple(kids) for kids in kid_sets}) == 1, kid_sets
+        assert len({tuple(kids) for kids in kid_sets}) == 1 and all(kid_sets), kid_sets
         assert (
             len(cluster.core.list_namespaced_secret(namespace, label_selector=f"{meta.MANAGED_BY_LABEL}=tessera").items)
             == 1

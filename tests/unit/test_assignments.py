@@ -41,7 +41,7 @@ def member(**fields: Any) -> rb_api.Member:
     ],
 )
 def test_principal_key(fields: dict[str, Any], key: str) -> None:
-    assert assignments.principal_key(member(**fields), "shop") == key
+    assert assignments.principal_of(member(**fields), "shop").key == key
 
 
 def test_same_subject_at_two_issuers_is_two_principals() -> None:

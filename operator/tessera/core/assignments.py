@@ -91,10 +91,6 @@ def principal_of(member: rb_api.Member, binding_namespace: str) -> Principal:
     return Principal.user(member.user.issuer, member.user.subject)
 
 
-def principal_key(member: rb_api.Member, binding_namespace: str) -> str:
-    return principal_of(member, binding_namespace).key
-
-
 @dataclasses.dataclass(frozen=True)
 class RoleFacts:
     """What a binding needs of its Role."""

@@ -99,10 +99,6 @@ def not_before(current: Revocations, subject: str) -> datetime.datetime | None:
     return entry.not_before if entry is not None else None
 
 
-def next_prune(current: Revocations) -> datetime.datetime | None:
-    return min((r.prune_after for r in current.values()), default=None)
-
-
 def dumps(current: Revocations) -> str:
     entries = [
         {"subject": r.subject, "notBefore": r.not_before.isoformat(), "pruneAfter": r.prune_after.isoformat()}

@@ -97,19 +97,6 @@ def _wire(
     return wire
 
 
-def summary_of(sa: sa_api.ServiceAccount) -> Summary:
-    """The summary the account's status shows now."""
-    return {"services": list(sa.status.services or []), "boundIn": list(sa.status.bound_in or [])}
-
-
-SUMMARY_KEYS = ("services", "boundIn")
-
-
-def token_part(stored: Any) -> dict[str, Any]:
-    """A ServiceAccount status without the services summary, to compare with what the token side writes."""
-    return {k: v for k, v in dict(stored or {}).items() if k not in SUMMARY_KEYS}
-
-
 def _compact(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _compact(v) for k, v in value.items() if v is not None}

@@ -6,7 +6,6 @@ Only I/O: what to put in it (a first key set, a rotation) is decided in :mod:`te
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from typing import Any
 
 from tessera import errors
@@ -36,14 +35,6 @@ def parse(obj: dict[str, Any]) -> Stored:
 async def create(kube: client.Clients, cfg: settings.Settings, keyset: issuer.KeySet) -> Stored:
     """Create the key Secret with ``keyset`` unless it exists; what is stored now (ours or a racing peer's)."""
     return parse(await objects.create_secret_if_absent(kube, secrets.build_issuer_keys_secret(keyset, cfg)))
-
-
-async def load_or_create(kube: client.Clients, cfg: settings.Settings, now: datetime.datetime) -> issuer.KeySet:
-    """Create the key Secret with a first key set if absent; return the key set that is stored."""
-    stored = await create(kube, cfg, issuer.initial(cfg.algorithm, now))
-    if stored.keyset is None:
-        raise errors.KeyMaterialError(stored.problem)
-    return stored.keyset
 
 
 async def read(kube: client.Clients, cfg: settings.Settings) -> Stored | None:

@@ -132,18 +132,6 @@ async def put_configmap(kube: client.Clients, manifest: dict[str, Any]) -> None:
         await kube.call(what, kube.core.replace_namespaced_config_map, name, namespace, manifest)
 
 
-async def read_configmap_data(kube: client.Clients, namespace: str, name: str) -> dict[str, str] | None:
-    """The ConfigMap's data, or None when it does not exist."""
-    try:
-        found = await kube.call(
-            f"reading ConfigMap {namespace}/{name}", kube.core.read_namespaced_config_map, name, namespace
-        )
-    except errors.NotFound:
-        return None
-    data: dict[str, str] = kube.to_dict(found).get("data") or {}
-    return data
-
-
 async def list_bundle_data(kube: client.Clients, name: str) -> list[dict[str, str]]:
     """The data of every ConfigMap named ``name`` in any namespace (the trust bundles, listed by name)."""
     listed = await kube.call(
