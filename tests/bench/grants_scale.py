@@ -87,8 +87,8 @@ def plan(bindings: int, principals: int, namespaces: int, seed: int = 7) -> Mode
     return Model(names, accounts, users, roles, planned)
 
 
-def state_of(model: Model) -> grants.State:
-    return grants.State(
+def state_of(model: Model) -> grants.Inputs:
+    return grants.Inputs(
         roles={
             key: RoleFacts(frozenset(spec["permissions"]), frozenset(spec["services"]))
             for key, spec in model.roles.items()

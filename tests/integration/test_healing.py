@@ -16,7 +16,7 @@ import jwt
 import kubernetes
 import pytest
 
-from tessera.core import accountkeys, secrets, settings
+from tessera.core import accountkeys, manifests, settings
 from tests import waiting
 from tests.harness import Cluster, Operator, create_namespace, start_operator, stop_operator
 from tests.resources import SA, SAK, apply, bundle, bundle_kids, condition, opt_in, reason_is, token_in, warnings
@@ -77,7 +77,7 @@ def test_a_token_replaced_by_hand_is_replaced_by_a_signed_one(
     apply(cluster, namespace, SA, "app", {})
     first = issued_token(cluster, namespace, "app")
     forged = base64.b64encode(b"not.a.token").decode()
-    cluster.core.patch_namespaced_secret("app-tessera-token", namespace, {"data": {secrets.TOKEN_KEY: forged}})
+    cluster.core.patch_namespaced_secret("app-tessera-token", namespace, {"data": {manifests.TOKEN_KEY: forged}})
     second = waiting.until(lambda: new_token(cluster, namespace, "app", {first, "not.a.token"}), what="signed again")
     assert claims(second)["sub"] == claims(first)["sub"] and issued_token(cluster, namespace, "app") == second
 
@@ -185,7 +185,7 @@ def launch(cluster: Cluster, home: str, log: Path, started: list[Operator]) -> O
 
 
 def revoked(cluster: Cluster, home: str) -> set[str]:
-    data = cluster.configmap_data(home, settings.REVOCATIONS_CONFIGMAP).get(secrets.REVOCATIONS_KEY) or "{}"
+    data = cluster.configmap_data(home, settings.REVOCATIONS_CONFIGMAP).get(manifests.REVOCATIONS_KEY) or "{}"
     return {r["subject"] for r in json.loads(data).get("revocations", [])}
 
 

@@ -130,7 +130,7 @@ def test_a_disabled_account_is_noted_not_bound_and_not_warned_about() -> None:
 def test_engine_disabling_an_account_unbinds_it_and_names_it() -> None:
     assert BILLING.account is not None
     engine = grants.Engine(
-        grants.State(
+        grants.Inputs(
             roles={("shop", "reader"): READER},
             bindings={("shop", "b"): BindingFacts("reader", (BILLING,))},
             accounts=frozenset({BILLING.account}),
@@ -234,7 +234,7 @@ def test_services_annotation(text: str | None, services: set[str]) -> None:
 
 def test_compute_summaries_and_grants() -> None:
     writer = RoleFacts(frozenset({"shop.orders.write"}), frozenset({"orders.shop.svc"}))
-    state = grants.State(
+    state = grants.Inputs(
         roles={("shop", "reader"): READER, ("shop", "writer"): writer, ("ops", "reader"): READER},
         bindings={
             ("shop", "readers"): BindingFacts("reader", (BILLING, ALICE1)),

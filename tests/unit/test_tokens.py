@@ -11,7 +11,7 @@ import pytest
 
 from tessera import errors
 from tessera.api import serviceaccount as sa_api
-from tessera.core import issuer, secrets, settings, status, tokens
+from tessera.core import issuer, manifests, settings, status, tokens
 from tessera.crypto import keys
 from tessera.crypto import tokens as crypto_tokens
 
@@ -98,25 +98,25 @@ def test_disabled_account_is_withdrawn_and_needs_a_write_only_while_a_token_rema
 
 
 def test_a_token_with_unreadable_facts_is_replaced_not_trusted() -> None:
-    annotations = secrets.token_annotations(issue(make_sa()).facts)
-    annotations[secrets.ANNOTATION_PREFIX + "expires-at"] = "garbage"
-    observed = secrets.observed_token(annotations, ENCODED)
+    annotations = manifests.token_annotations(issue(make_sa()).facts)
+    annotations[manifests.ANNOTATION_PREFIX + "expires-at"] = "garbage"
+    observed = manifests.observed_token(annotations, ENCODED)
     assert observed is tokens.UNKNOWN
     decision = tokens.decide(make_sa(), observed, KEYSET, CFG, NOW)
     assert isinstance(decision, tokens.Issue) and decision.reason == "TokenReissued"
-    assert secrets.observed_token(annotations, None) is None
+    assert manifests.observed_token(annotations, None) is None
 
 
 def test_a_token_replaced_by_hand_is_not_trusted_and_its_replacement_repairs() -> None:
     decision = issue(make_sa())
-    manifest = secrets.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
+    manifest = manifests.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
     annotations = manifest["metadata"]["annotations"]
-    assert secrets.observed_token(annotations, manifest["data"]["token"]) == decision.facts
+    assert manifests.observed_token(annotations, manifest["data"]["token"]) == decision.facts
     forged = base64.b64encode(b"header.payload.other").decode()
-    assert secrets.observed_token(annotations, forged) is tokens.UNKNOWN
-    assert secrets.observed_token(annotations, "not base64!") is tokens.UNKNOWN
-    legacy = {k: v for k, v in annotations.items() if k != secrets.DIGEST_ANNOTATION}  # written before the digest
-    assert secrets.observed_token(legacy, forged) == decision.facts
+    assert manifests.observed_token(annotations, forged) is tokens.UNKNOWN
+    assert manifests.observed_token(annotations, "not base64!") is tokens.UNKNOWN
+    legacy = {k: v for k, v in annotations.items() if k != manifests.DIGEST_ANNOTATION}  # written before the digest
+    assert manifests.observed_token(legacy, forged) == decision.facts
     expiry = decision.facts.expires_at
     assert tokens.repairs(tokens.UNKNOWN, None, NOW)
     assert tokens.repairs(None, expiry, NOW)  # the status shows a live token, the Secret holds none
@@ -158,11 +158,11 @@ def test_an_issued_token_is_refreshed_with_the_delivery_margin_left() -> None:
 
 def test_token_facts_round_trip_through_secret_annotations() -> None:
     decision = issue(make_sa())
-    manifest = secrets.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
-    assert secrets.observed_token(manifest["metadata"]["annotations"], manifest["data"]["token"]) == decision.facts
-    assert secrets.observed_token({}, None) is None
-    assert secrets.observed_token({}, ENCODED) is tokens.UNKNOWN
-    assert set(secrets.token_annotation_keys()) == set(manifest["metadata"]["annotations"])
+    manifest = manifests.build_token_secret(make_sa(), "header.payload.sig", decision.facts)
+    assert manifests.observed_token(manifest["metadata"]["annotations"], manifest["data"]["token"]) == decision.facts
+    assert manifests.observed_token({}, None) is None
+    assert manifests.observed_token({}, ENCODED) is tokens.UNKNOWN
+    assert set(manifests.token_annotation_keys()) == set(manifest["metadata"]["annotations"])
     assert "header.payload.sig" not in str(manifest["metadata"])
     [owner] = manifest["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("ServiceAccount", "billing", True)
@@ -193,7 +193,7 @@ def test_the_operator_caps_token_lifetime() -> None:
 
 def test_alive_until_survives_the_secret_annotations() -> None:
     facts = issue(make_sa()).facts
-    assert secrets.observed_token(secrets.token_annotations(facts), ENCODED) == facts
+    assert manifests.observed_token(manifests.token_annotations(facts), ENCODED) == facts
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ NO_SERVICES: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)
-class State:
+class Inputs:
+    """What the grants are computed from: the Roles, the RoleBindings and the accounts that exist."""
+
     roles: Mapping[Key, RoleFacts] = dataclasses.field(default_factory=dict)
     bindings: Mapping[Key, BindingFacts] = dataclasses.field(default_factory=dict)
     namespace_services: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
@@ -88,7 +90,7 @@ def summary_status(summary: Summary | None) -> dict[str, list[str]]:
     return {"services": list(summary.services), "boundIn": [f"{ns}/{name}" for ns, name in summary.bindings]}
 
 
-def _evaluate(state: State, key: Key) -> BindingResult:
+def _evaluate(state: Inputs, key: Key) -> BindingResult:
     facts = state.bindings[key]
     role = state.roles.get((key[0], facts.role))
     services = state.namespace_services.get(key[0], NO_SERVICES)
@@ -104,7 +106,7 @@ def _grant(permissions: Iterable[str], services: Iterable[str]) -> Grant:
     return Grant(tuple(sorted(set(permissions))), tuple(sorted(set(services))))
 
 
-def compute(state: State) -> Result:
+def compute(state: Inputs) -> Result:
     """Everything, from scratch. Time O(sum over bindings of members x (services + permissions))."""
     results = {key: _evaluate(state, key) for key in state.bindings}
     where: dict[str, list[Key]] = {}
@@ -137,7 +139,7 @@ def _put(mapping: dict[Any, Any], key: Any, value: Any) -> None:
 
 
 class Engine:
-    """The Result of a changing State, kept current change by change; each change returns its :class:`Delta`.
+    """The Result of a changing Inputs, kept current change by change; each change returns its :class:`Delta`.
 
     Reverse maps (role -> bindings, namespace -> bindings, account -> bindings, principal ->
     namespace -> bindings listing it) find what a change touches. A change re-evaluates only the
@@ -152,8 +154,8 @@ class Engine:
     Not thread-safe: call it from one thread (the event loop of async handlers) or under one lock.
     """
 
-    def __init__(self, state: State | None = None) -> None:
-        state = state or State()
+    def __init__(self, state: Inputs | None = None) -> None:
+        state = state or Inputs()
         self._roles = dict(state.roles)
         self._bindings = dict(state.bindings)
         self._services = {ns: frozenset(s) for ns, s in state.namespace_services.items() if s}
@@ -188,8 +190,8 @@ class Engine:
         """A number that changes whenever the namespace's grants do (for caching what is rendered from them)."""
         return self._versions.get(namespace, 0)
 
-    def state(self) -> State:
-        return State(
+    def state(self) -> Inputs:
+        return Inputs(
             dict(self._roles),
             dict(self._bindings),
             dict(self._services),
@@ -284,8 +286,8 @@ class Engine:
                 tokens.add(principal)
         return Delta(frozenset(bindings), principals, frozenset(namespaces), frozenset(tokens))
 
-    def _view(self) -> State:
-        return State(self._roles, self._bindings, self._services, self._accounts, self._disabled)  # live, read only
+    def _view(self) -> Inputs:
+        return Inputs(self._roles, self._bindings, self._services, self._accounts, self._disabled)  # live, read only
 
     def _bound(self, principal: str) -> Iterable[Key]:
         for keys in self._by_principal.get(principal, {}).values():

@@ -10,12 +10,12 @@ from typing import Any
 
 from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
-from tessera.core import conditions, secrets, tokens
+from tessera.core import conditions, manifests, tokens
 
 GRANTS_CONDITION = "TokenGrants"
 
 
-def grants_condition(grants: tokens.Grants, generation: int | None) -> meta.Condition:
+def grants_condition(grants: tokens.GrantsClaim, generation: int | None) -> meta.Condition:
     """Whether the token carries the grants claim (False: too large, verifiers use the bundle)."""
     return meta.Condition(
         type=GRANTS_CONDITION,
@@ -39,7 +39,7 @@ def serviceaccount_status(
     sa: sa_api.ServiceAccount,
     decision: tokens.Decision,
     now: datetime.datetime,
-    grants: tokens.Grants = tokens.NO_GRANTS,
+    grants: tokens.GrantsClaim = tokens.NO_GRANTS,
     summary: Summary = NO_SUMMARY,
 ) -> dict[str, Any]:
     """The whole status (JSON form) after ``decision`` was applied with ``grants``, with the services
@@ -84,7 +84,7 @@ def _wire(
         conditions=found,
         observed_generation=sa.metadata.generation,
         subject=sa.subject,
-        secret_name=secrets.token_secret_name(sa),
+        secret_name=manifests.token_secret_name(sa),
         token_expires_at=facts.expires_at if facts else None,
         token_refresh_at=facts.refresh_at if facts else None,
         key_id=facts.key_id if facts else None,

@@ -83,7 +83,7 @@ GRANTS_CLAIM = "grants"
 
 
 @dataclasses.dataclass(frozen=True)
-class Grants:
+class GrantsClaim:
     """The grants claim of a token: ``claim`` is None when it was left out for being over ``cap`` bytes."""
 
     claim: dict[str, list[str]] | None
@@ -104,18 +104,18 @@ class Grants:
         return f"the token carries the grants of {len(self.claim)} namespaces ({self.size} bytes)"
 
 
-def token_grants(by_namespace: Mapping[str, Iterable[str]], cap_bytes: int) -> Grants:
+def token_grants(by_namespace: Mapping[str, Iterable[str]], cap_bytes: int) -> GrantsClaim:
     """The grants claim, sorted and deduplicated: namespace -> permissions as the roles wrote them.
     No grants at all is ``{}``, an explicit "nothing"; over ``cap_bytes`` of compact JSON, None."""
     claim = {ns: sorted(set(by_namespace[ns])) for ns in sorted(by_namespace)}
     size = len(json.dumps(claim, sort_keys=True, separators=(",", ":")).encode())
-    return Grants(claim if size <= cap_bytes else None, size, cap_bytes)
+    return GrantsClaim(claim if size <= cap_bytes else None, size, cap_bytes)
 
 
 NO_GRANTS = token_grants({}, settings.TOKEN_GRANTS_MAX_BYTES)  # an account bound nowhere
 # Tokens of the issuer service carry no grants claim: it does not compute grants, and a consumer that
 # finds no claim uses the trust bundle's grants (which are newer than any token anyway).
-GRANTS_IN_BUNDLE = Grants(None, 0, 0)
+GRANTS_IN_BUNDLE = GrantsClaim(None, 0, 0)
 
 
 def ttl_seconds(sa: sa_api.ServiceAccount, cfg: settings.Settings) -> int:
@@ -130,7 +130,7 @@ def alive_until(observed: ObservedToken, now: datetime.datetime, cfg: settings.S
     return observed.alive_until
 
 
-def inputs_digest(sa: sa_api.ServiceAccount, cfg: settings.Settings, grants: Grants = NO_GRANTS) -> str:
+def inputs_digest(sa: sa_api.ServiceAccount, cfg: settings.Settings, grants: GrantsClaim = NO_GRANTS) -> str:
     """A digest of everything a token's claims depend on besides time; a change forces a new token."""
     material = {
         "iss": cfg.issuer,
@@ -164,7 +164,7 @@ def claims(
     cfg: settings.Settings,
     key: issuer.IssuerKey,
     now: datetime.datetime,
-    grants: Grants = NO_GRANTS,
+    grants: GrantsClaim = NO_GRANTS,
     *,
     aud: Sequence[str] | None = None,
     jti: str | None = None,
@@ -228,7 +228,7 @@ def decide(
     cfg: settings.Settings,
     now: datetime.datetime,
     not_before: datetime.datetime | None = None,
-    grants: Grants = NO_GRANTS,
+    grants: GrantsClaim = NO_GRANTS,
 ) -> Decision:
     """Keep, issue or withdraw the account's token; see the module docstring for the order.
 

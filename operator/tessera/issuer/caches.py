@@ -20,7 +20,7 @@ from tessera.api import identityprovider as idp_api
 from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
 from tessera.api import serviceaccountkey as sak_api
-from tessera.core import issuer, revocations, secrets, settings
+from tessera.core import issuer, manifests, revocations, settings
 from tessera.kube import client, informer, issuerkeys
 
 log = logging.getLogger("tessera.issuer")
@@ -34,7 +34,7 @@ def _keyset(obj: dict[str, Any]) -> issuer.KeySet | None:
 
 
 def _revocations(obj: dict[str, Any]) -> revocations.Revocations | None:
-    text = (obj.get("data") or {}).get(secrets.REVOCATIONS_KEY)
+    text = (obj.get("data") or {}).get(manifests.REVOCATIONS_KEY)
     try:
         return revocations.loads(text) if text else {}
     except errors.ConfigError as exc:

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from tessera import errors
-from tessera.core import issuer, secrets, settings
+from tessera.core import issuer, manifests, settings
 from tessera.kube import client, objects
 
 KEYS_DATA_KEY = "keys.json"
@@ -34,7 +34,7 @@ def parse(obj: dict[str, Any]) -> Stored:
 
 async def create(kube: client.Clients, cfg: settings.Settings, keyset: issuer.KeySet) -> Stored:
     """Create the key Secret with ``keyset`` unless it exists; what is stored now (ours or a racing peer's)."""
-    return parse(await objects.create_secret_if_absent(kube, secrets.build_issuer_keys_secret(keyset, cfg)))
+    return parse(await objects.create_secret_if_absent(kube, manifests.build_issuer_keys_secret(keyset, cfg)))
 
 
 async def read(kube: client.Clients, cfg: settings.Settings) -> Stored | None:
@@ -46,7 +46,7 @@ async def replace(kube: client.Clients, cfg: settings.Settings, keyset: issuer.K
     """Write ``keyset`` over version ``version`` of the Secret (:class:`errors.Conflict` when it changed
     since); return the new version."""
     name, namespace = settings.ISSUER_KEYS_SECRET, cfg.namespace
-    manifest = secrets.build_issuer_keys_secret(keyset, cfg)
+    manifest = manifests.build_issuer_keys_secret(keyset, cfg)
     manifest["metadata"]["resourceVersion"] = version
     what = f"writing the issuer keys in Secret {namespace}/{name}"
     return objects.version_of(await kube.call(what, kube.core.replace_namespaced_secret, name, namespace, manifest))

@@ -31,7 +31,7 @@ from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
 from tessera.api import serviceaccountkey as sak_api
 from tessera.core import accountkeys as core_keys
-from tessera.core import secrets
+from tessera.core import manifests
 from tessera.core import settings as core_settings
 from tessera.kube import client, informer, issuerkeys
 from tessera.operator import (
@@ -268,7 +268,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.cleanup(registry=registry)(operator_cleanup)
 
     managed: dict[str, Any] = {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE}
-    token_labels = {**managed, secrets.TOKEN_FOR_LABEL: kopf.PRESENT}
+    token_labels = {**managed, manifests.TOKEN_FOR_LABEL: kopf.PRESENT}
     key_labels = {**managed, core_keys.KEY_FOR_LABEL: kopf.PRESENT}
     indexes = (
         (sa, serviceaccounts.serviceaccounts_index, None, "accounts"),

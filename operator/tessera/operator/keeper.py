@@ -24,7 +24,7 @@ import logging
 from typing import Any
 
 from tessera import errors
-from tessera.core import clock, issuer, revocations, secrets, settings
+from tessera.core import clock, issuer, manifests, revocations, settings
 from tessera.kube import issuerkeys, objects
 from tessera.operator import runtime, serviceaccounts, state
 
@@ -53,7 +53,7 @@ def _stored_revocations(rt: runtime.Runtime) -> revocations.Revocations | None:
     data = stored_data(rt, settings.REVOCATIONS_CONFIGMAP)
     if data is None:
         return None
-    text = data.get(secrets.REVOCATIONS_KEY)
+    text = data.get(manifests.REVOCATIONS_KEY)
     try:
         return revocations.loads(text) if text else None
     except errors.ConfigError:
@@ -192,7 +192,7 @@ async def _keep_jwks(rt: runtime.Runtime) -> None:
         return
     if not rt.issuer_keys.current:
         return
-    manifest = secrets.build_jwks_configmap(rt.issuer_keys.current, cfg)
+    manifest = manifests.build_jwks_configmap(rt.issuer_keys.current, cfg)
     if stored_data(rt, settings.ISSUER_JWKS_CONFIGMAP) == manifest["data"]:
         rt.jwks_data = manifest["data"]
         return

@@ -76,10 +76,10 @@ async def namespace_services_index(name: str, annotations: Mapping[str, str], **
 # --- the engine, fed by events ----------------------------------------------------------------------------
 
 
-def _state(rt: runtime.Runtime, bindings: Mapping[runtime.Key, runtime.BindingEntry]) -> grants.State:
+def _state(rt: runtime.Runtime, bindings: Mapping[runtime.Key, runtime.BindingEntry]) -> grants.Inputs:
     ix = rt.indexes
     accounts = {key: sa for key in ix.accounts if (sa := runtime.first(ix.accounts, key)) is not None}
-    return grants.State(
+    return grants.Inputs(
         roles={key: assignments.RoleFacts.of(role) for key in ix.roles if (role := runtime.first(ix.roles, key))},
         bindings={key: entry.facts for key, entry in bindings.items()},
         namespace_services={ns: s for ns in ix.namespace_services if (s := runtime.first(ix.namespace_services, ns))},

@@ -28,7 +28,7 @@ import pydantic
 from tessera import errors
 from tessera.api import meta
 from tessera.api import serviceaccount as sa_api
-from tessera.core import clock, grants, issuer, revocations, secrets, status, tokens
+from tessera.core import clock, grants, issuer, manifests, revocations, status, tokens
 from tessera.crypto import tokens as crypto_tokens
 from tessera.kube import objects
 from tessera.operator import runtime, statuses, workqueue
@@ -61,15 +61,15 @@ async def token_secrets_index(
     """(namespace, service account) -> facts of the token in its Secret (None when it holds none).
 
     Only the facts are kept in memory, never the token itself."""
-    encoded = (body.get("data") or {}).get(secrets.TOKEN_KEY)
-    return {(namespace, labels[secrets.TOKEN_FOR_LABEL]): secrets.observed_token(dict(annotations), encoded)}
+    encoded = (body.get("data") or {}).get(manifests.TOKEN_KEY)
+    return {(namespace, labels[manifests.TOKEN_FOR_LABEL]): manifests.observed_token(dict(annotations), encoded)}
 
 
 async def token_secret_changed(
     memo: runtime.Runtime, namespace: str | None, labels: Mapping[str, str], meta: kopf.Meta, type: str | None, **_: Any
 ) -> None:
     """A token Secret changed or went: our write is visible now (or superseded); look at its account."""
-    ref = (namespace or "", labels[secrets.TOKEN_FOR_LABEL])
+    ref = (namespace or "", labels[manifests.TOKEN_FOR_LABEL])
     if not memo.tokens_written.seen(ref, meta.get("resourceVersion"), gone=type == "DELETED"):
         memo.queue.add(key(*ref))  # not the echo of our own write: deleted or changed by someone
 
@@ -79,7 +79,7 @@ def _observed(rt: runtime.Runtime, ref: runtime.Key) -> tokens.ObservedToken | N
     return written if pending else runtime.first(rt.indexes.token_secrets, ref)
 
 
-def _grants(rt: runtime.Runtime, subject: str) -> tuple[tokens.Grants, status.Summary]:
+def _grants(rt: runtime.Runtime, subject: str) -> tuple[tokens.GrantsClaim, status.Summary]:
     engine = rt.grants.engine
     assert engine is not None  # the reconcile waits for it
     claim = tokens.token_grants(engine.result.tokens.get(subject, {}), rt.cfg.token_grants_max_bytes)
@@ -165,7 +165,7 @@ async def _apply(
     ref = (sa.namespace, sa.name)
     if isinstance(decision, tokens.Issue):
         token = crypto_tokens.sign(decision.claims, decision.key.private_key, decision.key.kid)
-        manifest = secrets.build_token_secret(sa, token, decision.facts)
+        manifest = manifests.build_token_secret(sa, token, decision.facts)
         version = await objects.write_owned_secret(rt.kube, manifest, observed is not None)
         rt.tokens_written.wrote(ref, version, decision.facts)
         if tokens.repairs(observed, sa.status.token_expires_at, now):
@@ -175,8 +175,8 @@ async def _apply(
         if observed is not None:  # revoke first: a crash before the withdrawal leaves it revoked
             await rt.revocations.revoke(sa.subject, now, observed)
             logger.info("[%s/%s] Revoked the tokens issued so far in every trust bundle: the account is disabled", *ref)
-        name = secrets.token_secret_name(sa)
-        emptied = await objects.withdraw_token(rt.kube, sa.namespace, name, secrets.token_annotation_keys())
+        name = manifests.token_secret_name(sa)
+        emptied = await objects.withdraw_token(rt.kube, sa.namespace, name, manifests.token_annotation_keys())
         if emptied is not None:
             rt.tokens_written.wrote(ref, emptied, None)
 

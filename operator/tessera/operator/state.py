@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from tessera import errors
-from tessera.core import clock, grants, issuer, revocations, secrets, settings, tokens
+from tessera.core import clock, grants, issuer, manifests, revocations, settings, tokens
 from tessera.kube import client, objects
 from tessera.operator import metrics
 
@@ -221,7 +221,7 @@ class RevocationStore:
             return True
 
     async def _save(self, new: dict[str, revocations.Revocation]) -> None:
-        await objects.ensure_configmap(self._kube, secrets.build_revocations_configmap(new, self._cfg))
+        await objects.ensure_configmap(self._kube, manifests.build_revocations_configmap(new, self._cfg))
         self.current = new
         self._metrics.revocations.set(len(new))
         self._hub.touch()
