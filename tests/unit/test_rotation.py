@@ -63,3 +63,10 @@ def test_settings_bound_the_maximum_token_lifetime() -> None:
         settings.Settings.from_env({"TESSERA_MAX_TOKEN_TTL_SECONDS": "10"})
     cfg = settings.Settings.from_env({"TESSERA_KEY_PUBLISH_LEAD_SECONDS": "7", "TESSERA_KEY_ROTATION_HOURS": "0.01"})
     assert cfg.key_publish_lead == datetime.timedelta(seconds=7) and cfg.key_rotation == datetime.timedelta(seconds=36)
+
+
+def test_unset_variables_leave_every_setting_at_its_one_default() -> None:
+    assert settings.Settings.from_env({}) == settings.Settings()
+    assert settings.Settings.from_env({"TESSERA_NAMESPACE": "ops"}) == settings.Settings(
+        namespace="ops", issuer="https://tessera.ops.svc"
+    )

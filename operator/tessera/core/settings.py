@@ -80,18 +80,23 @@ class Settings:
             raise errors.ConfigError(
                 f"TESSERA_SIGNING_ALGORITHM={algorithm!r}; use one of {', '.join(keys.ALGORITHMS)}"
             )
+
+        # Each default is the field's own (one definition); a variable only overrides it.
+        def seconds(name: str, default: datetime.timedelta) -> datetime.timedelta:
+            found = env.get(name)
+            return default if found is None else datetime.timedelta(seconds=float(found))
+
         try:
             refresh = float(env.get("TESSERA_REFRESH_CHECK_SECONDS", cls.refresh_check_seconds))
             delivery = float(env.get("TESSERA_TOKEN_DELIVERY_SECONDS", cls.token_delivery_seconds))
-            rotation = datetime.timedelta(hours=float(env.get("TESSERA_KEY_ROTATION_HOURS", 30 * 24)))
-            lead = datetime.timedelta(seconds=float(env.get("TESSERA_KEY_PUBLISH_LEAD_SECONDS", 300)))
-            max_ttl = datetime.timedelta(seconds=float(env.get("TESSERA_MAX_TOKEN_TTL_SECONDS", MAX_TOKEN_TTL_SECONDS)))
-            bundle_max = int(env.get("TESSERA_BUNDLE_MAX_BYTES", BUNDLE_LIMIT_BYTES))
-            leeway = datetime.timedelta(seconds=float(env.get("TESSERA_CLOCK_LEEWAY_SECONDS", 60)))
-            grants_max = int(env.get("TESSERA_TOKEN_GRANTS_MAX_BYTES", TOKEN_GRANTS_MAX_BYTES))
-            refetch = datetime.timedelta(
-                seconds=float(env.get("TESSERA_PROVIDER_REFETCH_SECONDS", PROVIDER_REFETCH_SECONDS))
-            )
+            hours = env.get("TESSERA_KEY_ROTATION_HOURS")
+            rotation = cls.key_rotation if hours is None else datetime.timedelta(hours=float(hours))
+            lead = seconds("TESSERA_KEY_PUBLISH_LEAD_SECONDS", cls.key_publish_lead)
+            max_ttl = seconds("TESSERA_MAX_TOKEN_TTL_SECONDS", cls.max_token_ttl)
+            bundle_max = int(env.get("TESSERA_BUNDLE_MAX_BYTES", cls.bundle_max_bytes))
+            leeway = seconds("TESSERA_CLOCK_LEEWAY_SECONDS", cls.clock_leeway)
+            grants_max = int(env.get("TESSERA_TOKEN_GRANTS_MAX_BYTES", cls.token_grants_max_bytes))
+            refetch = seconds("TESSERA_PROVIDER_REFETCH_SECONDS", cls.provider_refetch)
         except ValueError as exc:
             raise errors.ConfigError(f"a numeric TESSERA_* setting is not a number: {exc}") from exc
         if delivery < 0:
@@ -117,7 +122,7 @@ class Settings:
             bundle_max_bytes=bundle_max,
             clock_leeway=leeway,
             token_grants_max_bytes=grants_max,
-            kubernetes_audience=env.get("TESSERA_KUBERNETES_AUDIENCE", ""),
+            kubernetes_audience=env.get("TESSERA_KUBERNETES_AUDIENCE", cls.kubernetes_audience),
             provider_refetch=refetch,
-            issuer_ca_file=env.get("TESSERA_ISSUER_CA_FILE", ""),
+            issuer_ca_file=env.get("TESSERA_ISSUER_CA_FILE", cls.issuer_ca_file),
         )
