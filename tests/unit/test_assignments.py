@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
+from tessera.api import serviceaccount as sa_api
 from tessera.core import assignments, grants
 from tessera.core.assignments import Assignment, BindingFacts, Principal, RoleFacts
 
@@ -352,8 +353,8 @@ def test_engine_equals_compute_and_deltas_are_exact(setup: list[Any], changes: l
         ("urn:tessera:serviceaccount:shop:a:b", None),
     ],
 )
-def test_account_of_names_only_service_accounts(principal: str, account: tuple[str, str] | None) -> None:
-    assert grants.account_of(principal) == account
+def test_only_service_account_principals_name_an_account(principal: str, account: tuple[str, str] | None) -> None:
+    assert sa_api.parse_subject(principal) == account
 
 
 def test_summary_status_is_empty_lists_once_bound_nowhere() -> None:

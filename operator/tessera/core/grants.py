@@ -72,17 +72,6 @@ class Delta:
         return bool(self.bindings or self.principals or self.grants or self.tokens)
 
 
-ACCOUNT_PREFIX = "urn:tessera:serviceaccount:"
-
-
-def account_of(principal: str) -> Key | None:
-    """(namespace, name) of a service account principal; None for users (they have no resource)."""
-    if not principal.startswith(ACCOUNT_PREFIX):
-        return None
-    namespace, _, name = principal.removeprefix(ACCOUNT_PREFIX).partition(":")
-    return (namespace, name) if namespace and name and ":" not in name else None
-
-
 def summary_status(summary: Summary | None) -> dict[str, list[str]]:
     """The part of a ServiceAccount's status the summary owns: empty lists once it is bound nowhere."""
     if summary is None:

@@ -19,7 +19,7 @@ from tessera.core import issuer, revocations, settings, tokens
 
 TOKEN_SECRET_TYPE = f"{meta.GROUP}/access-token"
 TOKEN_FOR_LABEL = f"{meta.GROUP}/service-account"
-COMPONENT_LABEL = f"{meta.GROUP}/component"
+ISSUER_KEYS_DATA_KEY = "keys.json"  # the issuer key Secret's one entry
 TOKEN_KEY = "token"  # noqa: S105 (a data key name, not a secret)
 
 ANNOTATION_PREFIX = f"{meta.GROUP}/token-"
@@ -34,7 +34,7 @@ def token_secret_name(sa: sa_api.ServiceAccount) -> str:
 
 
 def _labels(component: str, **extra: str) -> dict[str, str]:
-    return {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, COMPONENT_LABEL: component, **extra}
+    return {meta.MANAGED_BY_LABEL: meta.MANAGED_BY_VALUE, meta.PART_OF_LABEL: component, **extra}
 
 
 def _b64(text: str) -> str:
@@ -113,7 +113,7 @@ def build_issuer_keys_secret(keyset: issuer.KeySet, cfg: settings.Settings) -> d
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {"name": settings.ISSUER_KEYS_SECRET, "namespace": cfg.namespace, "labels": _labels("issuer-keys")},
-        "data": {"keys.json": _b64(issuer.dumps(keyset))},
+        "data": {ISSUER_KEYS_DATA_KEY: _b64(issuer.dumps(keyset))},
     }
 
 

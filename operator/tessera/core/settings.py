@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from tessera import errors
 from tessera.api import meta
+from tessera.api import serviceaccount as sa_api
 from tessera.crypto import keys
 
 DEFAULT_NAMESPACE = "tessera-system"
@@ -21,7 +22,7 @@ TRUST_BUNDLE_LABEL_VALUE = "enabled"
 
 # The API server refuses ConfigMaps whose data exceed 1 MiB; keep room for metadata.
 BUNDLE_LIMIT_BYTES = 1_000_000
-MAX_TOKEN_TTL_SECONDS = 24 * 3600
+MAX_TOKEN_TTL_SECONDS = sa_api.MAX_TTL_SECONDS  # what a ServiceAccount may ask for is what the operator allows
 # The grants claim's compact JSON stays under this, so a token fits well inside common 8 KiB header
 # limits (nginx's large_client_header_buffers, Go's and Envoy's defaults are larger): base64url
 # makes 2 KiB of JSON about 2.7 KiB, plus about 330 bytes for the rest of an ES256 token.
@@ -102,7 +103,7 @@ class Settings:
         if delivery < 0:
             raise errors.ConfigError("TESSERA_TOKEN_DELIVERY_SECONDS must not be negative")
         if not 60 <= max_ttl.total_seconds() <= MAX_TOKEN_TTL_SECONDS:
-            raise errors.ConfigError("TESSERA_MAX_TOKEN_TTL_SECONDS must be between 60 and 86400")
+            raise errors.ConfigError(f"TESSERA_MAX_TOKEN_TTL_SECONDS must be between 60 and {MAX_TOKEN_TTL_SECONDS}")
         if not 0 < bundle_max <= BUNDLE_LIMIT_BYTES:
             raise errors.ConfigError(f"TESSERA_BUNDLE_MAX_BYTES must be between 1 and {BUNDLE_LIMIT_BYTES}")
         if refetch.total_seconds() < 1:

@@ -12,8 +12,6 @@ from tessera import errors
 from tessera.core import issuer, manifests, settings
 from tessera.kube import client, objects
 
-KEYS_DATA_KEY = "keys.json"
-
 
 @dataclasses.dataclass(frozen=True)
 class Stored:
@@ -27,7 +25,7 @@ class Stored:
 def parse(obj: dict[str, Any]) -> Stored:
     """A key Secret (as the API server returns it) -> :class:`Stored`; never raises, never echoes key material."""
     try:
-        return Stored(objects.version_of(obj), issuer.loads(objects.secret_text(obj, KEYS_DATA_KEY)))
+        return Stored(objects.version_of(obj), issuer.loads(objects.secret_text(obj, manifests.ISSUER_KEYS_DATA_KEY)))
     except errors.KeyMaterialError as exc:
         return Stored(objects.version_of(obj), None, str(exc))
 

@@ -92,7 +92,7 @@ def _queue(rt: runtime.Runtime, delta: grants.Delta) -> None:
     """Queue the bindings and accounts ``delta`` names; wake the publisher for the bundles it names."""
     rt.queue.add_all(binding_key(*key) for key in delta.bindings)
     for principal in delta.principals | delta.tokens:
-        account = grants.account_of(principal)
+        account = sa_api.parse_subject(principal)  # None for users: they have no resource
         if account is not None:
             rt.queue.add(serviceaccounts.key(*account))
     if delta.grants:
