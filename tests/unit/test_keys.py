@@ -6,6 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tessera import errors
+from tessera.api import serviceaccountkey
 from tessera.crypto import keys
 
 
@@ -58,3 +59,8 @@ def test_unreadable_pem_gives_a_clear_error_without_echoing_it(pem: str) -> None
     with pytest.raises(errors.KeyMaterialError) as caught:
         keys.load_public_pem(pem)
     assert pem not in str(caught.value) or pem == ""
+
+
+def test_the_crd_refuses_the_same_private_members_the_loader_does() -> None:
+    # tessera.api may not import tessera.crypto (sibling layers): the two lists must agree.
+    assert serviceaccountkey.PRIVATE_JWK_MEMBERS == keys.PRIVATE_JWK_MEMBERS

@@ -90,7 +90,7 @@ def parse_jwks(document: Any, allowed: frozenset[str], source: str) -> KeySet:
 def _usable(entry: Any, allowed: frozenset[str]) -> ProviderKey | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str) or entry.get("use", "sig") != "sig":
         return None
-    public_members = {k: v for k, v in entry.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+    public_members = {k: v for k, v in entry.items() if k not in keys.PRIVATE_JWK_MEMBERS}
     try:
         public = keys.load_jwk(public_members)
     except errors.KeyMaterialError:

@@ -154,9 +154,12 @@ def private_jwk(key: PrivateKey, kid: str | None = None) -> Jwk:
     return jwk
 
 
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")  # RFC 7518 6.2.2 and 6.3.2 (the API models' CEL rule too)
+
+
 def load_jwk(jwk: Jwk) -> PublicKey:
     """A public key from its JWK; private members are refused so they never get stored."""
-    if any(member in jwk for member in ("d", "p", "q", "dp", "dq", "qi")):
+    if any(member in jwk for member in PRIVATE_JWK_MEMBERS):
         raise errors.KeyMaterialError("the JWK holds private key members; supply the public key only")
     try:
         key = _jwk_to_key(jwk)
