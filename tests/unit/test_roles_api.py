@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from tessera.api import kinds
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
+from tessera.core import assignments
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 ROLE_KIND = next(k for k in kinds.ALL if k.info.kind == "Role")
@@ -180,3 +182,15 @@ def test_rolebinding_crd_carries_the_cel_rules() -> None:
 )
 def test_generated_crd_files_carry_the_rules(filename: str, needle: str) -> None:
     assert needle in (CRDS / filename).read_text()
+
+
+def test_an_accepted_role_is_ready_and_counts_its_permissions_keeping_the_transition_time() -> None:
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    accepted = role(permissions=["shop.orders.read", "shop.orders.write"])
+    first = assignments.role_status(accepted, now)
+    [ready] = first["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "Accepted")
+    assert ready["message"] == "2 permissions"
+    again = role_api.Role.parse({**accepted.wire(), "status": first})
+    later = assignments.role_status(again, now + datetime.timedelta(hours=1))
+    assert later["conditions"][0]["lastTransitionTime"] == ready["lastTransitionTime"]

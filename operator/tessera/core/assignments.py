@@ -242,6 +242,16 @@ def parse_services_annotation(text: str | None) -> frozenset[str]:
     return frozenset(n for n in names if n and len(n) <= 253 and _SERVICE_NAME.fullmatch(n))
 
 
+def role_status(role: role_api.Role, now: datetime.datetime) -> dict[str, Any]:
+    """The whole Role status (JSON form): a Role the API server accepted is valid (its schema checks
+    every permission), so Ready=True, Accepted, with its count of permissions."""
+    gen = role.metadata.generation
+    condition = conditions.ready(True, "Accepted", f"{len(role.spec.permissions)} permissions", gen)
+    return role_api.RoleStatus(
+        conditions=conditions.set_condition(role.status.conditions, condition, now), observed_generation=gen
+    ).wire()
+
+
 def binding_status(
     previous: Sequence[meta.Condition],
     result: BindingResult,

@@ -26,7 +26,7 @@ from tessera import trustbundle
 from tessera.api import role as role_api
 from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
-from tessera.core import assignments, clock, conditions, grants, status
+from tessera.core import assignments, clock, grants, status
 from tessera.kube import objects
 from tessera.operator import runtime, serviceaccounts, statuses, workqueue
 
@@ -220,16 +220,11 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
 
 
 async def role_reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | None:
-    """A Role the API server accepted is valid (its schema checks every permission): Ready=True."""
+    """A Role's status, as :func:`assignments.role_status` decides it."""
     role = runtime.first(rt.indexes.roles, (namespace, name))
     if role is None:
         return None
-    now = clock.utcnow()
-    gen = role.metadata.generation
-    condition = conditions.ready(True, "Accepted", f"{len(role.spec.permissions)} permissions", gen)
-    new = role_api.RoleStatus(
-        conditions=conditions.set_condition(role.status.conditions, condition, now), observed_generation=gen
-    ).wire()
+    new = assignments.role_status(role, clock.utcnow())
     await statuses.write(rt, role_api.INFO, role, statuses.stored(rt, ROLE, namespace, name, role.status.wire()), new)
     return None
 
