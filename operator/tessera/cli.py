@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tessera.sidecar import defaults
+
 
 def _crds(args: argparse.Namespace) -> int:
     from tessera.api import kinds
@@ -197,19 +199,32 @@ def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "(upper case, - as _; repeatable flags: comma-separated).",
     )
     required = _env("NAMESPACE") is None
-    sc.add_argument("--bundle-dir", default=_env("BUNDLE_DIR", "/var/run/tessera/bundle"), help="mounted trust bundle")
+    sc.add_argument("--bundle-dir", default=_env("BUNDLE_DIR", defaults.BUNDLE_DIR), help="mounted trust bundle")
     sc.add_argument("--namespace", default=_env("NAMESPACE"), required=required, help="this pod's namespace")
-    sc.add_argument("--audience", default=_env("AUDIENCE", "tessera"), help="accepted audiences, comma-separated")
-    sc.add_argument("--rules", default=_env("RULES", "/etc/tessera/rules.yaml"), help="rules file (YAML or JSON)")
-    sc.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:8181"), help="auth endpoint, probes, metrics")
+    sc.add_argument(
+        "--audience", default=_env("AUDIENCE", defaults.AUDIENCE), help="accepted audiences, comma-separated"
+    )
+    sc.add_argument("--rules", default=_env("RULES", defaults.RULES_FILE), help="rules file (YAML or JSON)")
+    sc.add_argument(
+        "--listen",
+        default=_env("LISTEN", f"{defaults.LISTEN_HOST}:{defaults.LISTEN_PORT}"),
+        help="auth endpoint, probes, metrics",
+    )
     sc.add_argument("--proxy-listen", default=_env("PROXY_LISTEN"), help="reverse proxy address (with --upstream)")
     sc.add_argument("--upstream", default=_env("UPSTREAM"), help="the app, e.g. http://127.0.0.1:8080")
-    sc.add_argument("--leeway", type=int, default=int(_env("LEEWAY", "60") or 60), help="clock leeway, seconds")
-    sc.add_argument("--max-token-bytes", type=_positive_int, default=int(_env("MAX_TOKEN_BYTES", "8192") or 8192))
     sc.add_argument(
-        "--max-lifetime", type=_positive_int, default=int(_env("MAX_LIFETIME", "86400") or 86400), help="exp - iat"
+        "--leeway", type=int, default=_env("LEEWAY", str(defaults.LEEWAY_SECONDS)), help="clock leeway, seconds"
     )
-    sc.add_argument("--reload-seconds", type=float, default=float(_env("RELOAD_SECONDS", "2") or 2))
+    sc.add_argument(
+        "--max-token-bytes", type=_positive_int, default=_env("MAX_TOKEN_BYTES", str(defaults.MAX_TOKEN_BYTES))
+    )
+    sc.add_argument(
+        "--max-lifetime",
+        type=_positive_int,
+        default=_env("MAX_LIFETIME", str(defaults.MAX_LIFETIME_SECONDS)),
+        help="exp - iat",
+    )
+    sc.add_argument("--reload-seconds", type=float, default=_env("RELOAD_SECONDS", str(defaults.RELOAD_SECONDS)))
     sc.add_argument(
         "--issuer-url", default=_env("ISSUER_URL"), help="the issuer service, e.g. https://tessera.tessera-system.svc"
     )
@@ -228,7 +243,10 @@ def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="only the mounted bundle, no live channel from the issuer",
     )
     sc.add_argument(
-        "--channel-wait", type=_positive_int, default=int(_env("CHANNEL_WAIT", "30") or 30), help="long poll, seconds"
+        "--channel-wait",
+        type=_positive_int,
+        default=_env("CHANNEL_WAIT", str(defaults.CHANNEL_WAIT_SECONDS)),
+        help="long poll, seconds",
     )
     sc.add_argument(
         "--egress",

@@ -38,7 +38,19 @@ from pathlib import Path
 from typing import Any
 
 from tessera import errors, trustbundle
-from tessera.sidecar import channel, decide, egress, forward, httpclient, httpserver, metrics, rules, trust, verify
+from tessera.sidecar import (
+    channel,
+    decide,
+    defaults,
+    egress,
+    forward,
+    httpclient,
+    httpserver,
+    metrics,
+    rules,
+    trust,
+    verify,
+)
 
 logger = logging.getLogger("tessera.sidecar")
 BUNDLE_FILE = trustbundle.BUNDLE_KEY
@@ -54,19 +66,19 @@ class Config:
     namespace: str
     audiences: frozenset[str]
     rules_file: Path
-    listen: tuple[str, int] = ("127.0.0.1", 8181)
+    listen: tuple[str, int] = (defaults.LISTEN_HOST, defaults.LISTEN_PORT)
     proxy_listen: tuple[str, int] | None = None
     upstream: str | None = None
-    leeway: int = 60
-    max_token_bytes: int = 8192
-    max_lifetime: int = 86400
-    reload_seconds: float = 2.0
+    leeway: int = defaults.LEEWAY_SECONDS
+    max_token_bytes: int = defaults.MAX_TOKEN_BYTES
+    max_lifetime: int = defaults.MAX_LIFETIME_SECONDS
+    reload_seconds: float = defaults.RELOAD_SECONDS
     verification: bool = True  # False: egress only (no bundle, no rules, no /auth)
     issuer_url: str | None = None  # the issuer service: the live channel, and egress token exchange
     issuer_ca: Path | None = None  # default: the CA the operator puts beside the mounted bundle
     kubernetes_token_file: Path | None = None  # the Pod's projected Kubernetes token (audience: the issuer's)
     channel: bool = True  # subscribe to the live bundle channel (with issuer_url and kubernetes_token_file)
-    channel_wait: int = 30
+    channel_wait: int = defaults.CHANNEL_WAIT_SECONDS
     egress: tuple[egress.Route, ...] = ()
     token_file: Path | None = None  # egress: the mounted Tessera token; else exchanged
     egress_audiences: tuple[str, ...] = ()

@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple, cast, get_args
 from cryptography.exceptions import InvalidSignature
 
 from tessera import permissions
-from tessera.sidecar import trust
+from tessera.sidecar import defaults, trust
 
 ISSUED_TYP = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068; case-insensitive per RFC 7515
 SELF_SIGNED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
@@ -51,9 +51,9 @@ HEADER_CACHE_LIMIT = 256
 @dataclasses.dataclass(frozen=True)
 class Policy:
     audiences: frozenset[str]
-    leeway: int = 60
-    max_token_bytes: int = 8192
-    max_lifetime: int = 86400  # exp - iat, seconds
+    leeway: int = defaults.LEEWAY_SECONDS
+    max_token_bytes: int = defaults.MAX_TOKEN_BYTES
+    max_lifetime: int = defaults.MAX_LIFETIME_SECONDS  # exp - iat
     algorithms: frozenset[str] = frozenset({"ES256", "EdDSA", "RS256"})
 
 
