@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import logging
+import sys
 import time
 
 import kopf
@@ -41,11 +43,27 @@ def priority(given: int | None, peering: str | None, started_ns: int) -> int:
     return SENIORITY_BASE - started_ns // 1000 if peering else 0
 
 
+def peering_refusal(peering: str | None, fix_installed: bool, kopf_version: str) -> str | None:
+    """Why the operator must not start (None: it may). With peering, a paused replica's own tasks
+    (publisher, rotation, keeper, work queue) pause through the hook the Kopf fix installs; without
+    it a standby would write beside the active replica, so it refuses instead of losing that quietly."""
+    if peering is None or fix_installed:
+        return None
+    return (
+        f"--peering needs the pause hook of tessera.operator.kopffixes, which Kopf {kopf_version} does not have "
+        f"(checked: {', '.join(kopffixes.CHECKED_VERSIONS)}x); run one replica without peering, or that Kopf"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = core_settings.Settings.from_env()
     if args.namespace:
         cfg = dataclasses.replace(cfg, namespace=args.namespace)
-    kopffixes.apply()
+    version = importlib.metadata.version("kopf")
+    refusal = peering_refusal(args.peering, kopffixes.apply(version), version)
+    if refusal is not None:
+        print(f"tessera operator: {refusal}", file=sys.stderr)
+        return 2
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
