@@ -192,6 +192,11 @@ class Verifier:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are remembered now (by digest)."""
+        return len(self._cache)
+
     def authenticate(self, token: str, now: float) -> Identity | Failure:
         raw = token.encode("ascii", "replace")  # once: for the digest, the signature, the payload
         digest = hashlib.sha256(raw).digest()  # SHA-256: the fastest digest here (CPU instructions)
