@@ -200,11 +200,11 @@ def test_nothing_crashed_and_no_secret_was_logged(world: World) -> None:
     issuer = world.stack.issuer
     for _, form, _, _, _ in CASES:  # every case once more, then read the log
         built = form(world)
-        if not isinstance(built, bytes):
+        if not isinstance(built, bytes):  # an unexpected failure answers 503 server_error: below 500 means none
             assert issuer.token(built)[0] < 500
     assert issuer.request("GET", "/healthz")[0] == 200
     log = issuer.logs()
-    assert "unexpectedly" not in log and "Traceback" not in log
+    assert "Traceback" not in log
     for secret in (world.k8s_token, world.used, world.provider_token(jti=uuid.uuid4().hex)):
         assert secret not in log and secret.split(".")[2] not in log
     leaked = leaks_private_key(keys.private_pem(world.private), log)
