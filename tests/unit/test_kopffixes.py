@@ -30,7 +30,7 @@ async def parked(toggles: aiotoggles.ToggleSet, state: bool, count: int) -> list
 
 def test_waiters_wake_once_when_the_last_toggle_goes_not_on_every_change() -> None:
     async def scenario() -> tuple[int, bool, bool]:
-        toggles = kopffixes.FlipNotifyingToggleSet(all)
+        toggles = kopffixes.toggle_set_class()(all)
         made = [await toggles.make_toggle(name=f"object-{i}") for i in range(200)]
         wakeups = 0
         original = toggles._condition.notify_all
@@ -57,7 +57,7 @@ def test_waiters_wake_once_when_the_last_toggle_goes_not_on_every_change() -> No
 
 def test_a_new_toggle_after_readiness_flips_it_back_and_wakes_waiters_for_off() -> None:
     async def scenario() -> bool:
-        toggles = kopffixes.FlipNotifyingToggleSet(all)
+        toggles = kopffixes.toggle_set_class()(all)
         assert toggles.is_on()  # empty: all() of nothing
         [waiter] = await parked(toggles, False, 1)
         await toggles.make_toggle(name="late")
@@ -71,6 +71,6 @@ def test_the_fix_is_applied_only_to_checked_versions() -> None:
     original = aiotoggles.ToggleSet
     try:
         assert not kopffixes.apply("2.0.0") and aiotoggles.ToggleSet is original
-        assert kopffixes.apply() and aiotoggles.ToggleSet is kopffixes.FlipNotifyingToggleSet
+        assert kopffixes.apply() and aiotoggles.ToggleSet is kopffixes.toggle_set_class()
     finally:
         aiotoggles.ToggleSet = original  # type: ignore[misc]

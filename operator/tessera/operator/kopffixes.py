@@ -20,52 +20,65 @@ tasks pause with Kopf's handlers (Kopf offers no public way to ask).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from kopf._cogs.aiokits import aiotoggles
+if TYPE_CHECKING:  # for the types only: at run time Kopf's private module loads only on a checked version
+    from kopf._cogs.aiokits import aiotoggles
 
 logger = logging.getLogger("tessera.operator")
 CHECKED_VERSIONS = ("1.45.",)
 
 
-_PAUSE_SETS: list[aiotoggles.ToggleSet] = []
+_PAUSE_SETS: list[aiotoggles.ToggleSet] = []  # Kopf's "operator paused" ToggleSet, once the fix made it
 
 
-class FlipNotifyingToggleSet(aiotoggles.ToggleSet):
-    def __init__(self, fn: Callable[[Iterable[bool]], bool]) -> None:
-        super().__init__(fn)
-        if fn is any:  # Kopf builds exactly one: operator_paused
-            _PAUSE_SETS.append(self)
+@functools.cache
+def toggle_set_class() -> type[aiotoggles.ToggleSet]:
+    """Kopf's ``ToggleSet`` with flip-only notification. It imports Kopf's private module, so only
+    :func:`apply` (after checking the version) and the tests call it."""
+    from kopf._cogs.aiokits import aiotoggles
 
-    async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
-        toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.add(toggle)
-            if self.is_on() != before:
-                self._condition.notify_all()
-        return toggle
+    class FlipNotifyingToggleSet(aiotoggles.ToggleSet):
+        def __init__(self, fn: Callable[[Iterable[bool]], bool]) -> None:
+            super().__init__(fn)
+            if fn is any:  # Kopf builds exactly one: operator_paused
+                _PAUSE_SETS.append(self)
 
-    async def drop_toggle(self, toggle: aiotoggles.Toggle) -> None:
-        await self.drop_toggles((toggle,))
+        async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
+            toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
+            async with self._condition:
+                before = self.is_on()
+                self._toggles.add(toggle)
+                if self.is_on() != before:
+                    self._condition.notify_all()
+            return toggle
 
-    async def drop_toggles(self, toggles: Iterable[aiotoggles.Toggle]) -> None:
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.difference_update(toggles)
-            if self.is_on() != before:
-                self._condition.notify_all()
+        async def drop_toggle(self, toggle: aiotoggles.Toggle) -> None:
+            await self.drop_toggles((toggle,))
+
+        async def drop_toggles(self, toggles: Iterable[aiotoggles.Toggle]) -> None:
+            async with self._condition:
+                before = self.is_on()
+                self._toggles.difference_update(toggles)
+                if self.is_on() != before:
+                    self._condition.notify_all()
+
+    return FlipNotifyingToggleSet
 
 
 def apply(version: str | None = None) -> bool:
     """Install the fix if this Kopf is one it was checked against; say whether it was installed."""
     version = version or importlib.metadata.version("kopf")
-    if not version.startswith(CHECKED_VERSIONS) or not hasattr(aiotoggles, "ToggleSet"):
+    if not version.startswith(CHECKED_VERSIONS):
         logger.warning("Kopf %s is not a version the start-up fix was checked with; running without it", version)
         return False
-    aiotoggles.ToggleSet = FlipNotifyingToggleSet  # type: ignore[misc]
+    from kopf._cogs.aiokits import aiotoggles
+
+    aiotoggles.ToggleSet = toggle_set_class()  # type: ignore[misc]
     return True
 
 
