@@ -86,7 +86,7 @@ _TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/***")
 _PADDING = (b"", b"", b"==", b"=")
 
 
-def _b64(part: bytes) -> bytes:
+def _canonical_b64url(part: bytes) -> bytes:
     """Strict, canonical base64url without padding: the unused low bits of the last character are zero,
     so each byte string has exactly one encoding (no second spelling of the same signature)."""
     rest = len(part) % 4
@@ -98,7 +98,9 @@ def _b64(part: bytes) -> bytes:
         raise _Reject("malformed_token") from exc
 
 
-def _decode(part: bytes) -> bytes:
+def _signed_b64url(part: bytes) -> bytes:
+    """The payload's base64url, without the canonical checks: its text is what the signature covers,
+    so a second spelling of it fails the signature."""
     try:
         return binascii.a2b_base64(part.translate(_TO_STANDARD) + _PADDING[len(part) % 4])
     except (binascii.Error, ValueError) as exc:
@@ -235,7 +237,7 @@ class Verifier:
             raise _Reject("unknown_kid")
         if alg != key.algorithm:
             raise _Reject("alg_key_mismatch")
-        signature = _b64(raw[last + 1 :])
+        signature = _canonical_b64url(raw[last + 1 :])
         if len(signature) != key.signature_bytes:
             raise _Reject("bad_signature")
         try:
@@ -243,7 +245,7 @@ class Verifier:
         except InvalidSignature as exc:
             raise _Reject("bad_signature") from exc
         # The payload is read only now, and only as signed: its text is what the signature covers.
-        claims = _payload(_decode(raw[first + 1 : last]))
+        claims = _payload(_signed_b64url(raw[first + 1 : last]))
         return self._claims(typ, claims, key, now)
 
     def _header(self, text: bytes) -> tuple[str, str, str | None]:
@@ -252,7 +254,7 @@ class Verifier:
         found = self._headers.get(text)
         if found is not None:
             return found
-        header = _json(_b64(text), "malformed_header")
+        header = _json(_canonical_b64url(text), "malformed_header")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.policy.algorithms:
             raise _Reject("alg_not_allowed")
