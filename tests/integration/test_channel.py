@@ -53,6 +53,13 @@ def kube_token(stack: IssuerStack, namespace: str, account: str, audience: str |
     ).stdout.strip()
 
 
+def kube_token_file(stack: IssuerStack, namespace: str, folder: Path, audience: str | None = None) -> Path:
+    """The ledger Pod's projected Kubernetes token, as a file the sidecar reads."""
+    path = folder / "kube-token"
+    path.write_text(kube_token(stack, namespace, "ledger", audience))
+    return path
+
+
 def poll(
     issuer: issuer_kit.Issuer,
     namespace: str,
@@ -178,8 +185,7 @@ def test_a_revocation_arrives_through_the_channel_and_no_path_takes_the_sidecar_
 ) -> None:
     stack = issuer_stack
     token, folder, mounted = workload(stack, ns, tmp_path)
-    token_file = tmp_path / "kube-token"
-    token_file.write_text(kube_token(stack, ns, "ledger"))
+    token_file = kube_token_file(stack, ns, tmp_path)
     args = sidecar_args(stack.issuer.url, stack.issuer.tls.ca, token_file)
     sidecar = start_sidecar(tmp_path, folder, write_rules(tmp_path), extra=args, namespace=ns)
     try:
@@ -220,8 +226,7 @@ def test_with_the_channel_failing_the_mount_keeps_working_and_the_failure_shows(
 ) -> None:
     stack = issuer_stack
     token, folder, _ = workload(stack, ns, tmp_path)
-    token_file = tmp_path / "kube-token"
-    token_file.write_text(kube_token(stack, ns, "ledger"))
+    token_file = kube_token_file(stack, ns, tmp_path)
     nowhere = f"https://127.0.0.1:{harness.free_port()}"
     args = sidecar_args(nowhere, stack.issuer.tls.ca, token_file)
     cut = start_sidecar(tmp_path, folder, write_rules(tmp_path), extra=args, namespace=ns)
@@ -273,8 +278,7 @@ def test_the_sidecar_reconnects_after_the_issuer_restarts(issuer_stack: IssuerSt
         )
 
     issuer = start(1)
-    token_file = tmp_path / "kube-token"
-    token_file.write_text(kube_token(stack, ns, "ledger", "channel-test"))
+    token_file = kube_token_file(stack, ns, tmp_path, "channel-test")
     sidecar = start_sidecar(
         tmp_path, folder, write_rules(tmp_path), extra=sidecar_args(issuer.url, tls.ca, token_file), namespace=ns
     )
