@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tessera.sidecar import decide, rules, trust, verify
 from tests.sidecar_cases import AUDIENCES, CASES, Case
-from tests.sidecar_kit import NOW, RULES, Kit
+from tests.sidecar_kit import NOW, RULES, Kit, b64
 
 KIT = Kit.make()
 RULESET = rules.parse(RULES)
@@ -109,3 +112,62 @@ def test_signed_tokens_with_odd_claims_are_refused_or_valid_never_crash(changes:
     if decision.status == 200:
         body = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
         assert body["sub"] == KIT.claims()["sub"] and body["iss"] == KIT.claims()["iss"]
+
+
+RSA_KIT = Kit.make("RS256")
+RSA_VERIFIER = verifier_for(RSA_KIT)
+
+
+def _rs256(kit: Kit, sign: Callable[[bytes], bytes]) -> str:
+    """An RS256 token for the issuer's kid whose signature ``sign`` makes over the signing input."""
+    header = {"alg": "RS256", "kid": kit.issuer_kid, "typ": "at+jwt"}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(kit.claims()).encode())}".encode()
+    return f"{signing_input.decode()}.{b64(sign(signing_input))}"
+
+
+def _issuer_rsa(kit: Kit) -> rsa.RSAPrivateKey:
+    assert isinstance(kit.issuer_key, rsa.RSAPrivateKey)
+    return kit.issuer_key
+
+
+@pytest.mark.parametrize(
+    ("name", "sign", "reason"),
+    [
+        ("PKCS1 v1.5 SHA-256", lambda d: _issuer_rsa(RSA_KIT).sign(d, padding.PKCS1v15(), hashes.SHA256()), None),
+        (
+            "SHA-512 DigestInfo",
+            lambda d: _issuer_rsa(RSA_KIT).sign(d, padding.PKCS1v15(), hashes.SHA512()),
+            "bad_signature",
+        ),
+        (
+            "SHA-1 DigestInfo",
+            lambda d: _issuer_rsa(RSA_KIT).sign(d, padding.PKCS1v15(), hashes.SHA1()),  # noqa: S303  # an attacker's choice, refused
+            "bad_signature",
+        ),
+        (
+            "PSS with SHA-256",
+            lambda d: _issuer_rsa(RSA_KIT).sign(
+                d, padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.MAX_LENGTH), hashes.SHA256()
+            ),
+            "bad_signature",
+        ),
+        (
+            "the DigestInfo of other data",
+            lambda d: _issuer_rsa(RSA_KIT).sign(d + b"x", padding.PKCS1v15(), hashes.SHA256()),
+            "bad_signature",
+        ),
+        ("all ones (above the modulus)", lambda d: b"\xff" * 384, "bad_signature"),
+        ("zero", lambda d: bytes(384), "bad_signature"),
+        ("one", lambda d: bytes(383) + b"\x01", "bad_signature"),
+    ],
+)
+def test_rs256_accepts_only_pkcs1_v15_over_sha256_of_the_signing_input(
+    name: str, sign: Callable[[bytes], bytes], reason: str | None
+) -> None:
+    """The RSA check recovers the padded DigestInfo and compares it whole (RFC 8017 section 8.2.2): any
+    other hash, padding, message or value is refused."""
+    found = RSA_VERIFIER.authenticate(_rs256(RSA_KIT, sign), NOW)
+    if reason is None:
+        assert isinstance(found, verify.Identity)
+    else:
+        assert found == verify.Failure(reason)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Mapping
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, utils
 
@@ -51,6 +52,8 @@ class Bundle:
 _SHA256 = hashes.SHA256()
 _ECDSA = ec.ECDSA(_SHA256)
 _PKCS1 = padding.PKCS1v15()
+# The DER DigestInfo prefix for SHA-256 (RFC 8017 section 9.2, note 1); the digest follows it.
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 
 
 def _checker(public: keys.PublicKey) -> Callable[[bytes, bytes], None]:
@@ -64,10 +67,15 @@ def _checker(public: keys.PublicKey) -> Callable[[bytes, bytes], None]:
         return check_ec
     if isinstance(public, ed25519.Ed25519PublicKey):
         return public.verify
-    verify_rsa = public.verify
+    recover, sha256 = public.recover_data_from_signature, hashlib.sha256
 
     def check_rsa(signature: bytes, data: bytes) -> None:
-        verify_rsa(signature, data, _PKCS1, _SHA256)
+        # RSASSA-PKCS1-v1_5 verification as RFC 8017 section 8.2.2 puts it: the public operation
+        # (OpenSSL checks the 00 01 FF..FF 00 padding) must give exactly the DigestInfo of SHA-256 over
+        # the data. Same check as verify(); about 1.5 us cheaper per token, as it skips OpenSSL's
+        # per-call digest set-up (docs/benchmarks.md).
+        if recover(signature, _PKCS1, None) != _SHA256_DIGEST_INFO + sha256(data).digest():
+            raise InvalidSignature
 
     return check_rsa
 
