@@ -223,10 +223,11 @@ async def serviceaccount_event(
         serviceaccounts.forget(memo, ns, nm)
     echo = memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
     rolebindings.account_changed(memo, ns, nm)
-    memo.hub.touch()
+    keys = accountkeys.keys_of_account(memo, ns, nm)
+    publisher.account_event(memo, (ns, nm), keyed=bool(keys))
     if not echo:  # our own status write coming back has nothing new to look at
         memo.queue.add(serviceaccounts.key(ns, nm))
-        memo.queue.add_all(accountkeys.keys_of_account(memo, ns, nm))  # a key waiting for its account
+        memo.queue.add_all(keys)  # a key waiting for its account
 
 
 async def serviceaccountkey_event(

@@ -20,6 +20,7 @@ from tessera.api import identityprovider as idp_api
 from tessera.api import role as role_api
 from tessera.api import serviceaccount as sa_api
 from tessera.core import accountkeys, assignments, settings, tokens
+from tessera.core import bundles as core_bundles
 from tessera.kube import client, informer, issuerkeys
 from tessera.operator import metrics, state, workqueue
 
@@ -95,6 +96,7 @@ class Runtime:
     metrics_address: str  # host:port of /metrics; "" serves none
     status_writes: int  # statuses written so far (the start-up sync reports how many it wrote)
     provider_failures: dict[str, int]  # IdentityProvider -> fetches failed in a row
+    bundle_accounts: dict[Key, core_bundles.Account]  # accounts shown in bundles by themselves, as at their last event
 
     watch_namespaces: list[str]  # the namespaces served; empty: all
 
@@ -106,6 +108,7 @@ class Runtime:
         self.informers = []
         self.status_writes = 0
         self.provider_failures = {}
+        self.bundle_accounts = {}
         self.issuer_keys_damage = ""
         self.jwks_data = None
         self.tokens_written = state.Pending()
