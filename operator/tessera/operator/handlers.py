@@ -184,6 +184,7 @@ async def _sweep_pending(rt: runtime.Runtime) -> None:
         for ns, name in rt.key_secrets_written.expired():
             rt.queue.add(accountkeys.key(ns, name))
         rt.queue.add_all(rt.statuses_written.expired())
+        rt.queue.add_all(rt.finalizers_written.expired())
         if rt.keys_written.expired():
             rt.keeper.touch()
 
@@ -221,12 +222,14 @@ async def serviceaccount_event(
     ns, nm = namespace or "", name or ""
     if type == "DELETED":
         serviceaccounts.forget(memo, ns, nm)
-    echo = memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
+    ref, version, gone = serviceaccounts.key(ns, nm), meta.get("resourceVersion"), type == "DELETED"
+    echo = memo.statuses_written.seen(ref, version, gone)
+    echo = memo.finalizers_written.seen(ref, version, gone) or echo  # both are told of every version
     rolebindings.account_changed(memo, ns, nm)
     keys = accountkeys.keys_of_account(memo, ns, nm)
     publisher.account_event(memo, (ns, nm), keyed=bool(keys))
-    if not echo:  # our own status write coming back has nothing new to look at
-        memo.queue.add(serviceaccounts.key(ns, nm))
+    if not echo:  # our own status or finalizer write coming back has nothing new to look at
+        memo.queue.add(ref)
         memo.queue.add_all(keys)  # a key waiting for its account
 
 

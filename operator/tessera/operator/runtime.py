@@ -89,6 +89,7 @@ class Runtime:
     tokens_written: state.Pending[Key, tokens.ObservedToken | None]
     key_secrets_written: state.Pending[Key, accountkeys.KeySecret]
     statuses_written: state.Pending[workqueue.Key, dict[str, Any]]
+    finalizers_written: state.Pending[workqueue.Key, None]  # our finalizer writes, until the watch shows them
     tasks: list[asyncio.Task[None]]
     informers: list[informer.Informer[Any]]
     issuer_keys_damage: str  # "" while the issuer key Secret is whole; else how it was damaged
@@ -114,6 +115,7 @@ class Runtime:
         self.tokens_written = state.Pending()
         self.key_secrets_written = state.Pending()
         self.statuses_written = state.Pending()
+        self.finalizers_written = state.Pending()
         self.keys_written = state.Pending()
         self.tasks = []
 
