@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -58,7 +58,12 @@ log = logging.getLogger("tessera.operator")
 
 class NoDiffBase(kopf.DiffBaseStorage):
     """Kopf keeps no last-handled state on Tessera's objects: there is no change handler to diff for, and
-    storing one would cost a write for every create and update."""
+    storing one would cost a write for every create and update. Nor does it build the object's essence
+    at each event (two deep copies of the body): only change handlers, daemons and timers use it, and
+    Tessera registers none (:func:`register`)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return None
