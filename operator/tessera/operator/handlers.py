@@ -50,7 +50,7 @@ from tessera.operator import (
 )
 
 MANAGED = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE}"
-WORKERS = 16  # reconciles at once; the Kubernetes client has as many connections
+WORKERS = 48  # reconciles at once (a new account takes three writes in a row); the client has as many connections
 QUEUE = "queue"  # the id of the event handlers (runner.QuietTimers keeps their "succeeded" lines out)
 EVENT_HANDLER_IDS = (QUEUE, "token-secret", "key-secret")
 log = logging.getLogger("tessera.operator")
