@@ -6,6 +6,9 @@ import dataclasses
 import datetime
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tessera import trustbundle
 from tessera.core import accountkeys, bundles, issuer, revocations
 from tessera.crypto import keys
@@ -164,3 +167,57 @@ def test_what_a_configmap_holds_is_compared_whatever_its_sequence() -> None:
     assert bundles.held_content(first) == bundles.held_content(resequenced) == (content, "CA")
     for damaged in (None, {}, {"bundle.json": content}, {"bundle.json": "{not json"}, {**first, "x": "y"}):
         assert bundles.held_content(damaged) is None
+
+
+# --- which account events wake the publisher ---------------------------------------------------------------
+
+PLAIN = bundles.Account(LEDGER, (), False)
+RANGED = bundles.Account(LEDGER, ("10.0.0.0/8",), False)
+DISABLED = bundles.Account(LEDGER, (), True)
+LEDGER_KEY = keys.generate("ES256").public_key()
+BILLING_KEY = keys.generate("ES256").public_key()
+
+
+def test_a_plain_account_coming_or_going_wakes_nothing_unless_keys_are_registered_for_it() -> None:
+    assert not bundles.wakes_publisher(None, PLAIN, keyed=False)
+    assert not bundles.wakes_publisher(None, None, keyed=False)
+    assert bundles.wakes_publisher(None, PLAIN, keyed=True)
+    assert bundles.wakes_publisher(None, None, keyed=True)
+
+
+def test_ranges_and_disabling_wake_the_publisher_when_they_change() -> None:
+    assert bundles.wakes_publisher(None, RANGED, keyed=False)
+    assert bundles.wakes_publisher(bundles.notable(RANGED), PLAIN, keyed=False)
+    assert bundles.wakes_publisher(bundles.notable(RANGED), None, keyed=False)
+    assert not bundles.wakes_publisher(bundles.notable(RANGED), RANGED, keyed=False)
+    assert bundles.wakes_publisher(None, DISABLED, keyed=False)
+    assert bundles.notable(PLAIN) is None and bundles.notable(DISABLED) == DISABLED
+
+
+FACTS = st.builds(
+    bundles.Account,
+    st.just(LEDGER),
+    st.sampled_from([(), ("10.0.0.0/8",), ("10.0.0.0/8", "192.168.0.0/16")]),
+    st.booleans(),
+)
+
+
+@given(
+    before=st.none() | FACTS,
+    after=st.none() | FACTS,
+    others=st.lists(FACTS.map(lambda a: dataclasses.replace(a, subject=BILLING)), max_size=1),
+    keyed=st.booleans(),
+)
+def test_an_account_event_that_wakes_nothing_leaves_every_bundle_as_it_was(
+    before: bundles.Account | None, after: bundles.Account | None, others: list[bundles.Account], keyed: bool
+) -> None:
+    key = registered("a", LEDGER, LEDGER_KEY)
+    other_key = registered("b", BILLING, BILLING_KEY)
+    keys = [key, other_key] if keyed else [other_key]
+
+    def doc(account: bundles.Account | None) -> str:
+        present = [*others, *([account] if account is not None else [])]
+        return bundles.render(bundles.document(inputs(account_keys=keys, accounts=present), NOW))
+
+    if not bundles.wakes_publisher(bundles.notable(before), after, keyed):
+        assert doc(before) == doc(after)

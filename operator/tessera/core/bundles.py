@@ -38,6 +38,23 @@ class Account:
         return cls(sa.subject, tuple(sorted(sa.spec.allowed_cidrs)), sa.spec.disabled)
 
 
+def notable(account: Account | None) -> Account | None:
+    """The account if it shows in a bundle by itself (source ranges, or disabled); None for one that
+    does not: an enabled account without ranges shows only through keys registered for it."""
+    return account if account is not None and (account.cidrs or account.disabled) else None
+
+
+def wakes_publisher(remembered: Account | None, account: Account | None, keyed: bool) -> bool:
+    """Whether an account's event can change a bundle, so the publisher must render again.
+
+    ``remembered`` is :func:`notable` of the account at its previous event, ``account`` what it is now
+    (None: deleted), ``keyed`` whether any key is registered for it now. The bundle sees an account only
+    through its ranges and, when keys are registered for it, whether it exists and is enabled (see
+    :func:`document`). So a plain account coming, changing or going (most of a burst of thousands)
+    changes nothing; a key added or removed wakes the publisher through its own event."""
+    return keyed or notable(account) != remembered
+
+
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     issuer_url: str

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,7 +50,7 @@ from tessera.operator import (
 )
 
 MANAGED = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY_VALUE}"
-WORKERS = 16  # reconciles at once; the Kubernetes client has as many connections
+WORKERS = 48  # reconciles at once (a new account takes three writes in a row); the client has as many connections
 QUEUE = "queue"  # the id of the event handlers (runner.QuietTimers keeps their "succeeded" lines out)
 EVENT_HANDLER_IDS = (QUEUE, "token-secret", "key-secret")
 log = logging.getLogger("tessera.operator")
@@ -58,7 +58,12 @@ log = logging.getLogger("tessera.operator")
 
 class NoDiffBase(kopf.DiffBaseStorage):
     """Kopf keeps no last-handled state on Tessera's objects: there is no change handler to diff for, and
-    storing one would cost a write for every create and update."""
+    storing one would cost a write for every create and update. Nor does it build the object's essence
+    at each event (two deep copies of the body): only change handlers, daemons and timers use it, and
+    Tessera registers none (:func:`register`)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return None
@@ -184,6 +189,7 @@ async def _sweep_pending(rt: runtime.Runtime) -> None:
         for ns, name in rt.key_secrets_written.expired():
             rt.queue.add(accountkeys.key(ns, name))
         rt.queue.add_all(rt.statuses_written.expired())
+        rt.queue.add_all(rt.finalizers_written.expired())
         if rt.keys_written.expired():
             rt.keeper.touch()
 
@@ -221,12 +227,15 @@ async def serviceaccount_event(
     ns, nm = namespace or "", name or ""
     if type == "DELETED":
         serviceaccounts.forget(memo, ns, nm)
-    echo = memo.statuses_written.seen((serviceaccounts.KIND, ns, nm), meta.get("resourceVersion"))
+    ref, version, gone = serviceaccounts.key(ns, nm), meta.get("resourceVersion"), type == "DELETED"
+    echo = memo.statuses_written.seen(ref, version, gone)
+    echo = memo.finalizers_written.seen(ref, version, gone) or echo  # both are told of every version
     rolebindings.account_changed(memo, ns, nm)
-    memo.hub.touch()
-    if not echo:  # our own status write coming back has nothing new to look at
-        memo.queue.add(serviceaccounts.key(ns, nm))
-        memo.queue.add_all(accountkeys.keys_of_account(memo, ns, nm))  # a key waiting for its account
+    keys = accountkeys.keys_of_account(memo, ns, nm)
+    publisher.account_event(memo, (ns, nm), keyed=bool(keys))
+    if not echo:  # our own status or finalizer write coming back has nothing new to look at
+        memo.queue.add(ref)
+        memo.queue.add_all(keys)  # a key waiting for its account
 
 
 async def serviceaccountkey_event(

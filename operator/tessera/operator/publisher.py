@@ -54,6 +54,20 @@ def inputs(rt: runtime.Runtime) -> bundles.Inputs:
     )
 
 
+def account_event(rt: runtime.Runtime, ref: runtime.Key, keyed: bool) -> None:
+    """An account's event: wake the publisher only if it can change a bundle (see
+    :func:`bundles.wakes_publisher`); remember what the account shows by itself for its next event."""
+    sa = runtime.first(rt.indexes.accounts, ref)
+    account = bundles.Account.of(sa) if sa is not None else None
+    if bundles.wakes_publisher(rt.bundle_accounts.get(ref), account, keyed):
+        rt.hub.touch()
+    shown = bundles.notable(account)
+    if shown is None:
+        rt.bundle_accounts.pop(ref, None)
+    else:
+        rt.bundle_accounts[ref] = shown
+
+
 class Publisher:
     def __init__(self, rt: runtime.Runtime) -> None:
         self.rt, self.cfg = rt, rt.cfg

@@ -20,6 +20,7 @@ from tessera.api import identityprovider as idp_api
 from tessera.api import role as role_api
 from tessera.api import serviceaccount as sa_api
 from tessera.core import accountkeys, assignments, settings, tokens
+from tessera.core import bundles as core_bundles
 from tessera.kube import client, informer, issuerkeys
 from tessera.operator import metrics, state, workqueue
 
@@ -88,6 +89,7 @@ class Runtime:
     tokens_written: state.Pending[Key, tokens.ObservedToken | None]
     key_secrets_written: state.Pending[Key, accountkeys.KeySecret]
     statuses_written: state.Pending[workqueue.Key, dict[str, Any]]
+    finalizers_written: state.Pending[workqueue.Key, None]  # our finalizer writes, until the watch shows them
     tasks: list[asyncio.Task[None]]
     informers: list[informer.Informer[Any]]
     issuer_keys_damage: str  # "" while the issuer key Secret is whole; else how it was damaged
@@ -95,6 +97,7 @@ class Runtime:
     metrics_address: str  # host:port of /metrics; "" serves none
     status_writes: int  # statuses written so far (the start-up sync reports how many it wrote)
     provider_failures: dict[str, int]  # IdentityProvider -> fetches failed in a row
+    bundle_accounts: dict[Key, core_bundles.Account]  # accounts shown in bundles by themselves, as at their last event
 
     watch_namespaces: list[str]  # the namespaces served; empty: all
 
@@ -106,11 +109,13 @@ class Runtime:
         self.informers = []
         self.status_writes = 0
         self.provider_failures = {}
+        self.bundle_accounts = {}
         self.issuer_keys_damage = ""
         self.jwks_data = None
         self.tokens_written = state.Pending()
         self.key_secrets_written = state.Pending()
         self.statuses_written = state.Pending()
+        self.finalizers_written = state.Pending()
         self.keys_written = state.Pending()
         self.tasks = []
 

@@ -98,9 +98,11 @@ async def reconcile(rt: runtime.Runtime, namespace: str, name: str) -> float | N
     await rt.grants.built.wait()  # tokens carry grants: never issue one without them
     if meta.FINALIZER not in sa.metadata.finalizers:  # before any token: its deletion must be revoked
         finalizers = [*sa.metadata.finalizers, meta.FINALIZER]
-        await objects.set_finalizers(
+        version = await objects.set_finalizers(
             rt.kube, sa_api.INFO.plural, namespace, name, finalizers, sa.metadata.resource_version
         )
+        if version is not None:  # its echo has nothing new to look at: this reconcile goes on from it
+            rt.finalizers_written.wrote(key(namespace, name), version, None)
     claim, summary = _grants(rt, sa.subject)
     now = clock.utcnow()
     observed = _observed(rt, ref)
@@ -203,4 +205,5 @@ def forget(rt: runtime.Runtime, namespace: str, name: str) -> None:
     """The account is gone for good: drop what the operator kept about it."""
     rt.tokens_written.forget((namespace, name))
     rt.statuses_written.forget(key(namespace, name))
+    rt.finalizers_written.forget(key(namespace, name))
     rt.queue.forget(key(namespace, name))
