@@ -31,12 +31,16 @@ VOLATILE = (
 
 
 def sysctls() -> dict[str, str]:
+    """Every kernel setting. A folder that vanishes while it is read (a killed node's network device,
+    which the kernel removes a moment after its namespace) is skipped: os.walk ignores what it cannot list."""
     found = {}
-    for path in Path("/proc/sys").rglob("*"):
-        name = ".".join(path.relative_to("/proc/sys").parts)
-        if path.is_file() and not name.startswith(VOLATILE):
-            with contextlib.suppress(OSError):
-                found[name] = path.read_text().strip()
+    for folder, _, files in os.walk("/proc/sys"):
+        for file in files:
+            path = Path(folder, file)
+            name = ".".join(path.relative_to("/proc/sys").parts)
+            if not name.startswith(VOLATILE):
+                with contextlib.suppress(OSError):
+                    found[name] = path.read_text().strip()
     return found
 
 
