@@ -162,8 +162,12 @@ async def operator_startup(
     watched = _informers(rt)
     for each in watched:
         each.start()
-    for each in watched:  # what the operator keeps is compared with what is there, never with nothing
-        await asyncio.to_thread(each.synced.wait)  # (the grants engine is built only once all are full)
+    # What the operator keeps is compared with what is there, never with nothing: those informers are
+    # full before anything runs. The RoleBinding informer (ten thousand bindings take seconds to list)
+    # fills meanwhile, beside Kopf's own listing: the grants engine is built only once both are full,
+    # and everything that reads grants waits for that (rolebindings.changed).
+    for each in (rt.bundles, rt.issuer_secret, rt.jwks_configmap, rt.revocations_configmap):
+        await asyncio.to_thread(each.synced.wait)
     await keeper.load_keys(rt)
     rt.revocations = await keeper.load_revocations(rt)
     logger.info("Loaded %d revocations", len(rt.revocations.current))
