@@ -166,8 +166,9 @@ async def operator_startup(
     # full before anything runs. The RoleBinding informer (ten thousand bindings take seconds to list)
     # fills meanwhile, beside Kopf's own listing: the grants engine is built only once both are full,
     # and everything that reads grants waits for that (rolebindings.changed).
-    for each in (rt.bundles, rt.issuer_secret, rt.jwks_configmap, rt.revocations_configmap):
-        await asyncio.to_thread(each.synced.wait)
+    for each in watched:
+        if each not in rt.rolebindings.informers:
+            await asyncio.to_thread(each.synced.wait)
     await keeper.load_keys(rt)
     rt.revocations = await keeper.load_revocations(rt)
     logger.info("Loaded %d revocations", len(rt.revocations.current))

@@ -48,24 +48,24 @@ def toggle_set_class() -> type[aiotoggles.ToggleSet]:
             if fn is any:  # Kopf builds exactly one: operator_paused
                 _PAUSE_SETS.append(self)
 
-        async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
-            toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
+        async def _change(self, change: Callable[[set[aiotoggles.Toggle]], None]) -> None:
+            """Change the set of toggles; wake the waiters only if the combined state flipped."""
             async with self._condition:
                 before = self.is_on()
-                self._toggles.add(toggle)
+                change(self._toggles)
                 if self.is_on() != before:
                     self._condition.notify_all()
+
+        async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
+            toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
+            await self._change(lambda toggles: toggles.add(toggle))
             return toggle
 
         async def drop_toggle(self, toggle: aiotoggles.Toggle) -> None:
             await self.drop_toggles((toggle,))
 
         async def drop_toggles(self, toggles: Iterable[aiotoggles.Toggle]) -> None:
-            async with self._condition:
-                before = self.is_on()
-                self._toggles.difference_update(toggles)
-                if self.is_on() != before:
-                    self._condition.notify_all()
+            await self._change(lambda held: held.difference_update(toggles))
 
     return FlipNotifyingToggleSet
 
