@@ -72,7 +72,7 @@ class Publisher:
     def __init__(self, rt: runtime.Runtime) -> None:
         self.rt, self.cfg = rt, rt.cfg
         self.published: dict[str, str] = {}  # namespace -> digest of the content it holds, as last written or seen
-        self.warned: dict[str, str] = {}  # namespace -> digest of the oversized bundle it was warned about
+        self.warned: dict[str, str] = {}  # namespace -> digest of the oversized content it was warned about
         self.failed = state.Warned()
         # namespace -> (shared part, grants version, text): a round re-renders only the namespaces
         # whose grants changed, unless the shared part (keys, revocations, accounts) did.
@@ -150,7 +150,7 @@ class Publisher:
             text = data[trustbundle.BUNDLE_KEY]
             if not bundles.fits(text, self.cfg.bundle_max_bytes):
                 self.rt.metrics.bundle_writes.labels("too_large").inc()
-                await self._warn_oversized(namespace, uid, text)
+                await self._warn_oversized(namespace, uid, text, wanted)
                 return
             version = current["metadata"]["resourceVersion"] if current else None
             await objects.put_configmap(self.rt.kube, bundles.build_configmap(namespace, data, version))
@@ -164,9 +164,10 @@ class Publisher:
         self.published[namespace] = wanted
         self.warned.pop(namespace, None)
 
-    async def _warn_oversized(self, namespace: str, uid: str, text: str) -> None:
-        oversized = hashlib.sha256(text.encode()).hexdigest()
-        if self.warned.get(namespace) == oversized:
+    async def _warn_oversized(self, namespace: str, uid: str, text: str, wanted: str) -> None:
+        # Keyed on the content's digest, not the text's: the text carries a time-based sequence, so
+        # every round over the same oversized content would otherwise look new and warn again.
+        if self.warned.get(namespace) == wanted:
             return
         message = (
             f"the trust bundle would be {len(text.encode())} bytes, over the limit of {self.cfg.bundle_max_bytes};"
@@ -176,7 +177,7 @@ class Publisher:
         await objects.post_event(self.rt.kube, involved, namespace, "TrustBundleTooLarge", message)
         self.rt.metrics.warnings.labels("TrustBundleTooLarge").inc()
         logger.error("Did not update the trust bundle in %s: %s", namespace, message)
-        self.warned[namespace] = oversized
+        self.warned[namespace] = wanted
 
     async def _withdraw(self, namespace: str) -> None:
         if await objects.delete_configmap_if_ours(self.rt.kube, namespace, settings.TRUST_BUNDLE_CONFIGMAP):
