@@ -12,7 +12,7 @@ import time
 import kopf
 
 from tessera.core import settings as core_settings
-from tessera.operator import handlers, kopffixes, runtime
+from tessera.operator import allocator, handlers, kopffixes, runtime
 
 
 class QuietTimers(logging.Filter):
@@ -56,6 +56,7 @@ def peering_refusal(peering: str | None, fix_installed: bool, kopf_version: str)
 
 
 def run(args: argparse.Namespace) -> int:
+    allocator.limit_arenas()  # before any thread starts
     cfg = core_settings.Settings.from_env()
     if args.namespace:
         cfg = dataclasses.replace(cfg, namespace=args.namespace)
