@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from tessera.api import rolebinding as rb_api
 from tessera.api import serviceaccount as sa_api
 from tessera.core import assignments, clock, grants, status
 from tessera.kube import objects
-from tessera.operator import runtime, serviceaccounts, statuses, workqueue
+from tessera.operator import allocator, runtime, serviceaccounts, statuses, workqueue
 
 BINDING, ROLE = rb_api.INFO.kind, role_api.INFO.kind
 logger = logging.getLogger("tessera.grants")
@@ -60,9 +61,8 @@ def binding_entry(body: dict[str, Any]) -> runtime.BindingEntry | None:
         return None
     return runtime.BindingEntry(
         assignments.BindingFacts.of(binding),
-        tuple(binding.status.conditions),
+        json.dumps([c.wire() for c in binding.status.conditions], separators=(",", ":")),
         status.digest(stored),
-        status.ready_condition(stored),
         binding.metadata.uid or "",
         binding.metadata.resource_version or "",
     )
@@ -135,6 +135,7 @@ async def _report_sync(rt: runtime.Runtime, started: float, bindings: int, princ
     """Log once the statuses queued at start-up are all compared (and written where they differed)."""
     before = rt.status_writes
     await rt.queue.drained()
+    allocator.give_back()  # the start-up burst is over: its freed heap need not stay resident
     logger.info(
         "Start-up sync done in %.2fs: compared %d RoleBinding and %d account statuses, wrote %d",
         time.monotonic() - started, bindings, principals, rt.status_writes - before,
