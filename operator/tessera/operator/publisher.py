@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -74,19 +75,25 @@ class Publisher:
         self.published: dict[str, str] = {}  # namespace -> digest of the content it holds, as last written or seen
         self.warned: dict[str, str] = {}  # namespace -> digest of the oversized content it was warned about
         self.failed = state.Warned()
-        # namespace -> (shared part, grants version, text): a round re-renders only the namespaces
-        # whose grants changed, unless the shared part (keys, revocations, accounts) did.
-        self.rendered: dict[str, tuple[str, int, str]] = {}
+        # namespace -> (its inputs: shared part, grants version, issuer CA; the digest and size of its
+        # bundle): a round renders only the namespaces whose grants changed, unless the shared part
+        # (keys, revocations, accounts) did. Not the text: fifty namespaces' texts were 5 MiB kept for
+        # writes that seldom come; a write renders its text again.
+        self.rendered: dict[str, tuple[tuple[str, int, str | None], str, int]] = {}
         self.ca_error: str | None = None
 
-    def text(self, namespace: str, shared: str, version: int, render: Callable[[], str]) -> str:
-        """The namespace's bundle text, rendered again only when its inputs changed."""
+    def wanted(
+        self, namespace: str, inputs: tuple[str, int, str | None], render: Callable[[], str]
+    ) -> tuple[str, int, str | None]:
+        """The digest and size of the namespace's bundle, rendered again only when its inputs changed;
+        and the text when it was rendered (None: from the cache)."""
         cached = self.rendered.get(namespace)
-        if cached is not None and cached[0] == shared and cached[1] == version:
-            return cached[2]
+        if cached is not None and cached[0] == inputs:
+            return cached[1], cached[2], None
         text = render()
-        self.rendered[namespace] = (shared, version, text)
-        return text
+        wanted, size = digest((text, inputs[2])), len(text.encode())
+        self.rendered[namespace] = (inputs, wanted, size)
+        return wanted, size, text
 
     def issuer_ca(self) -> str | None:
         """The issuer service's CA certificate to publish beside the bundle (None: not configured or unreadable)."""
@@ -106,8 +113,16 @@ class Publisher:
         """The digest of what the namespace's ConfigMap holds now, as the informer last saw it."""
         return self.rt.bundles.get(namespace, settings.TRUST_BUNDLE_CONFIGMAP)
 
-    async def sync(self, namespaces: Mapping[str, str], text_for: Callable[[str], str], now: datetime.datetime) -> bool:
+    async def sync(
+        self,
+        namespaces: Mapping[str, str],
+        inputs_for: Callable[[str], tuple[str, int]],
+        render_for: Callable[[str], str],
+        now: datetime.datetime,
+    ) -> bool:
         """Bring every namespace (name -> uid) to its bundle; drop bundles where the opt-in is gone.
+        ``inputs_for`` tells what a namespace's bundle is made of (shared part, grants version),
+        ``render_for`` renders it.
 
         Return whether everything succeeded (failures are retried on the next round)."""
         gate = asyncio.Semaphore(WRITERS)
@@ -129,10 +144,10 @@ class Publisher:
             del self.rendered[gone]
         jobs, largest = [], 0
         for ns, uid in namespaces.items():
-            text = text_for(ns)
-            largest = max(largest, len(text.encode()))
-            wanted = digest((text, ca))
+            wanted, size, text = self.wanted(ns, (*inputs_for(ns), ca), functools.partial(render_for, ns))
+            largest = max(largest, size)
             if self.published.get(ns) != wanted or self._held(ns) != wanted:
+                text = render_for(ns) if text is None else text
                 jobs.append(one(ns, self._write(ns, uid, text, ca, wanted, now)))
         self.rt.metrics.bundle_largest.set(largest)
         jobs += [one(ns, self._withdraw(ns)) for ns in list(self.published) if ns not in namespaces]
@@ -203,15 +218,13 @@ async def publish_forever(rt: runtime.Runtime) -> None:
         shared_text = bundles.render(shared)
         namespaces = {ns: uid for ns, store in rt.indexes.bundle_namespaces.items() for uid in store}
 
-        def text_for(namespace: str) -> str:
-            return publisher.text(
-                namespace,
-                shared_text,
-                rolebindings.grants_version(rt, namespace),
-                lambda: bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(rt, namespace))),
-            )
+        def inputs_for(namespace: str) -> tuple[str, int]:
+            return shared_text, rolebindings.grants_version(rt, namespace)
 
-        ok = await publisher.sync(namespaces, text_for, now)
+        def render_for(namespace: str) -> str:
+            return bundles.render(bundles.with_grants(shared, rolebindings.bundle_grants(rt, namespace)))
+
+        ok = await publisher.sync(namespaces, inputs_for, render_for, now)
         pause = state.seconds_until(bundles.next_change(current, now))
         return pause if ok else min(pause, state.RETRY_SECONDS)
 
