@@ -217,19 +217,54 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
     }
 
 
+def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: dict[str, Any]) -> dict[str, Any]:
+    """The API server's floor under the burst, with the operator stopped: the same ``count`` creates from
+    8 threads, and for each account, as soon as it exists, the three writes the operator makes to make it
+    Ready (a metadata patch as its finalizer, its token Secret, its status: ``status`` is a Ready
+    account's) from 16 threads, the operator's own client threads. No token is signed, nothing is read."""
+    token = "x" * 900  # about a signed token's size
+    custom = functools.partial(cluster.custom.patch_namespaced_custom_object, meta.GROUP, meta.VERSION, namespace)
+    status_of = functools.partial(
+        cluster.custom.patch_namespaced_custom_object_status, meta.GROUP, meta.VERSION, namespace
+    )
+
+    def ready(name: str) -> None:
+        custom("serviceaccounts", name, {"metadata": {"annotations": {"bench.tessera.dev/floor": "1"}}})
+        secret = kubernetes.client.V1Secret(
+            metadata=kubernetes.client.V1ObjectMeta(name=f"{name}-token"), string_data={"token": token}
+        )
+        cluster.core.create_namespaced_secret(namespace, secret)
+        status_of("serviceaccounts", name, {"status": status})
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as writers, ThreadPoolExecutor(max_workers=8) as creators:
+
+        def create(i: int) -> Any:
+            create_sa(cluster, namespace, f"floor-{i}")
+            return writers.submit(ready, f"floor-{i}")
+
+        follow_ups = list(creators.map(create, range(count)))
+        created = time.monotonic() - started
+        for done in follow_ups:
+            done.result()
+    return {"count": count, "create_calls_s": created, "all_writes_s": time.monotonic() - started}
+
+
 def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp") as cluster:
+    # 32 connections: the floor's 8 + 16 threads each keep one (beside the watches), as the operator's client does
+    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=32) as cluster:
         system = harness.create_namespace(cluster, "tessera-system")
         operator = harness.start_operator(
             cluster, system, Path(tmp) / "operator.log", extra_env={"TESSERA_REFRESH_CHECK_SECONDS": "30"}
         )
+        bursting = harness.create_namespace(cluster, "burst")
         try:
             results = {
                 "baseline_configmap_create_to_watch": common.baseline_watch_latency(
                     cluster, harness.create_namespace(cluster, "base"), sequential
                 ),
                 "apply_to_ready": sequential_ready(cluster, harness.create_namespace(cluster, "seq"), sequential),
-                "burst": burst_ready(cluster, harness.create_namespace(cluster, "burst"), burst, operator.process.pid),
+                "burst": burst_ready(cluster, bursting, burst, operator.process.pid),
             }
             revoking = harness.create_namespace(cluster, "revoke")
             resources.opt_in(cluster, revoking)
@@ -241,9 +276,13 @@ def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
             results["apply_to_ready_over_baseline_p50"] = (
                 results["apply_to_ready"]["p50_ms"] / results["baseline_configmap_create_to_watch"]["p50_ms"]
             )
-            return results
         finally:
             harness.stop_operator(operator)
+        ready = cluster.custom_object(bursting, "serviceaccounts", "burst-0")["status"]
+        floor = burst_floor(cluster, harness.create_namespace(cluster, "floor"), burst, ready)
+        results["burst_api_floor"] = floor
+        results["burst_all_ready_over_api_floor"] = results["burst"]["all_ready_s"] / floor["all_writes_s"]
+        return results
 
 
 def write_rate(results: dict[str, Any]) -> float | None:
