@@ -221,7 +221,7 @@ def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: di
     """The API server's floor under the burst, with the operator stopped: the same ``count`` creates from
     8 threads, and for each account, as soon as it exists, the three writes the operator makes to make it
     Ready (a metadata patch as its finalizer, its token Secret, its status: ``status`` is a Ready
-    account's) from 16 threads, the operator's own client threads. No token is signed, nothing is read."""
+    account's) from as many threads as the operator's own client. No token is signed, nothing is read."""
     token = "x" * 900  # about a signed token's size
     custom = functools.partial(cluster.custom.patch_namespaced_custom_object, meta.GROUP, meta.VERSION, namespace)
     status_of = functools.partial(
@@ -237,7 +237,7 @@ def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: di
         status_of("serviceaccounts", name, {"status": status})
 
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=16) as writers, ThreadPoolExecutor(max_workers=8) as creators:
+    with ThreadPoolExecutor(grants_scale.FLOOR_THREADS) as writers, ThreadPoolExecutor(max_workers=8) as creators:
 
         def create(i: int) -> Any:
             create_sa(cluster, namespace, f"floor-{i}")
@@ -251,8 +251,9 @@ def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: di
 
 
 def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
-    # 32 connections: the floor's 8 + 16 threads each keep one (beside the watches), as the operator's client does
-    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=32) as cluster:
+    # a connection for each of the floor's threads (beside the watches), as the operator's client has
+    connections = grants_scale.FLOOR_THREADS + 8
+    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=connections) as cluster:
         system = harness.create_namespace(cluster, "tessera-system")
         operator = harness.start_operator(
             cluster, system, Path(tmp) / "operator.log", extra_env={"TESSERA_REFRESH_CHECK_SECONDS": "30"}

@@ -35,6 +35,7 @@ import kubernetes
 from tessera.api import meta
 from tessera.core import assignments, grants, settings
 from tessera.core.assignments import BindingFacts, Principal, RoleFacts
+from tessera.operator import handlers
 from tests import harness, waiting
 from tests.bench import common
 
@@ -240,12 +241,12 @@ def start_and_sync(
     }
 
 
-FLOOR_THREADS = 16  # the operator's own API client threads (tessera.kube.client.THREADS)
+FLOOR_THREADS = handlers.WORKERS  # as many concurrent calls as the operator's own API client makes
 
 
 def api_floor(cluster: harness.Cluster, model: Model) -> dict[str, Any]:
     """The API server's floor under the cold start: the same kinds and numbers of writes the cold start
-    made, from a plain client with the operator's 16 threads and nothing else to do (run with the
+    made, from a plain client with as many threads as the operator's client and nothing else to do (run with the
     operator stopped, on the same control plane and watches). A status patch on every binding and
     account, a metadata patch on every account (as its finalizer), a Secret per account, a ConfigMap
     the size of its bundle per namespace. Every write changes the object, so none is a no-op."""
@@ -424,7 +425,7 @@ def grants_bench(bindings: int, principals: int, namespaces: int, changes: int) 
         "members_per_binding": MEMBERS_PER_BINDING,
         "pure": pure_figures(plan(bindings, principals, namespaces), chosen),
     }
-    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=16) as cluster:
+    with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=FLOOR_THREADS) as cluster:
         system = harness.create_namespace(cluster, "tessera-system")
         results["create_objects_s"] = create_all(cluster, model)
         writes = Writes(cluster)

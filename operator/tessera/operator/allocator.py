@@ -1,7 +1,7 @@
 """The C allocator's settings for the operator process (glibc only; elsewhere nothing changes).
 
 glibc's malloc gives each thread that allocates its own arena, up to eight per core, and memory freed
-in one arena is not reused by another. The operator runs the Kubernetes client in 16 threads and its
+in one arena is not reused by another. The operator runs the Kubernetes client in 48 threads and its
 informers' watches in more, all decoding responses, so each of them grew an arena of its own that
 stayed mostly free. The GIL already serialises nearly every allocation, so the extra arenas bought
 almost no speed: with two arenas the 10,000-binding cold start ended about 17 MiB smaller (bench,
