@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         own = [item for item in items if item.get_closest_marker("local_node")]
         config.hook.pytest_deselected(items=own)
         items[:] = [item for item in items if item not in own]
+
+
+_RUNNING: list[node.NodeInfo] = []  # the session's node while it runs, for failure reports
+NODE_LOG_TAIL = 40  # lines of each node agent's log shown with a failed test
+AGENT_LOGS = ("coredns", "kube-proxy", "kubelet")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test shows the end of the node agents' logs (CoreDNS, kube-proxy, kubelet): the node's
+    folder is gone once the session ends, and a Pod's failed lookup or connection is explained there."""
+    result = yield
+    if result.failed and _RUNNING:
+        for name in AGENT_LOGS:
+            log = _RUNNING[0].directory / "logs" / f"{name}.log"
+            if log.is_file():
+                tail = log.read_text(errors="replace").splitlines()[-NODE_LOG_TAIL:]
+                result.sections.append((f"node {name} log (last {NODE_LOG_TAIL} lines)", "\n".join(tail)))
+    return result
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -95,6 +116,7 @@ def our_node(e2e_images: kit.Images, report: dict[str, Any]) -> Iterator[node.No
     timings = report.setdefault("seconds", {})
     started = time.monotonic()
     info = node.start()
+    _RUNNING.append(info)
     try:
         timings["node start"] = round(time.monotonic() - started, 1)
         report["node start timings"] = info.timings
@@ -104,6 +126,7 @@ def our_node(e2e_images: kit.Images, report: dict[str, Any]) -> Iterator[node.No
         timings["image import into containerd"] = round(time.monotonic() - started, 1)
         yield info
     finally:
+        _RUNNING.clear()
         node.stop()
 
 
@@ -144,10 +167,16 @@ def examples(release: kit.Release, report: dict[str, Any]) -> kit.Release:
 
 
 @pytest.fixture(scope="session")
-def steady(examples: kit.Release) -> kit.Caller:
+def steady(examples: kit.Release, report: dict[str, Any]) -> Iterator[kit.Caller]:
     """A workload calling the ledger with billing's mounted token, five times a second, for the whole
     session: the tests read the calls of their own time window from its log."""
-    return kit.start_caller(examples, "steady", "billing")
+    caller = kit.start_caller(examples, "steady", "billing")
+    yield caller
+    calls = caller.calls()
+    report["steady caller: calls, and name lookups the cluster DNS failed and the caller retried"] = {
+        "calls": len(calls),
+        "lookups retried": sum(c.get("lookups_retried", 0) for c in calls),
+    }
 
 
 SHORT_TTL = 300  # the shortest TTL the docs recommend for tokens read from a mounted Secret

@@ -10,6 +10,8 @@
 
 Each line: the time, status, the sidecar's reason, and facts of the token sent (its kid, exp, iat and
 a digest, never the token): enough for the tests to tell a refresh, a key rotation or a revocation.
+A name lookup the cluster DNS could not answer for now (EAI_AGAIN) is tried again, at most twice, and
+the line counts it (``lookups_retried``): DNS is not what these tests are about, but they report it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import base64
 import hashlib
 import json
+import socket
 import ssl
 import sys
 import time
@@ -65,6 +68,16 @@ def exchange(endpoint: str, subject_token: str, ca_file: str, audience: str) -> 
     return token
 
 
+LOOKUP_RETRIES = 2  # a name lookup the cluster DNS could not answer just now is tried again, as
+LOOKUP_PAUSE = 0.5  # resolvers and HTTP clients do; the line counts it, so the tests can report it
+
+
+def lookup_failed_for_now(exc: OSError) -> bool:
+    """The cluster DNS did not answer in time (EAI_AGAIN): the DNS server's failure, not the ledger's."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN
+
+
 def call(url: str, token: str | None, method: str) -> dict[str, object]:
     if not url.startswith("http://"):
         raise SystemExit(f"not an http URL: {url}")
@@ -74,14 +87,23 @@ def call(url: str, token: str | None, method: str) -> dict[str, object]:
         request.add_header("Authorization", f"Bearer {token}")
         facts = token_facts(token) if token else {"token": "empty"}
     started = time.time()
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (http only, checked above)
-            status, headers, body = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        status, headers, body = exc.code, exc.headers, exc.read()
-    except OSError as exc:
-        return {"t": started, "status": 0, "error": str(exc), **facts}
+    lookups_retried = 0
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (http only, checked above)
+                status, headers, body = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, headers, body = exc.code, exc.headers, exc.read()
+        except OSError as exc:
+            if lookup_failed_for_now(exc) and lookups_retried < LOOKUP_RETRIES:
+                lookups_retried += 1
+                time.sleep(LOOKUP_PAUSE)
+                continue
+            return {"t": started, "status": 0, "error": str(exc), "lookups_retried": lookups_retried, **facts}
+        break
     line: dict[str, object] = {"t": started, "status": status, "reason": headers.get("X-Tessera-Reason"), **facts}
+    if lookups_retried:
+        line["lookups_retried"] = lookups_retried
     try:
         line["body"] = json.loads(body)
     except ValueError:
