@@ -192,6 +192,15 @@ def run_caller(release: Release, pod: dict[str, Any], account: str) -> Caller:
     return dataclasses.replace(caller, serving_since=settled)
 
 
+LOOKUPS_RETRIED = "name lookups the cluster DNS failed and the callers retried, by test"
+
+
+def count_lookups_retried(report: dict[str, Any], test: str, calls: list[dict[str, Any]]) -> None:
+    """Report how often the callers' name lookups failed for now and were tried again (client.py):
+    not Tessera's doing, but not hidden either."""
+    report.setdefault(LOOKUPS_RETRIED, {})[test] = sum(c.get("lookups_retried", 0) for c in calls)
+
+
 SETTLED_RUN = 12  # calls in a row allowed: every ledger replica has the grant (kube-proxy picks at random)
 
 
