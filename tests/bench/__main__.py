@@ -190,6 +190,9 @@ class BundleWrites:
         return self.writes
 
 
+CREATORS = 8  # threads creating the burst's accounts, in every run that is compared
+
+
 def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_pid: int) -> dict[str, Any]:
     resources.opt_in(cluster, namespace)
     waiting.until(lambda: resources.bundle(cluster, namespace), what="a trust bundle")
@@ -198,7 +201,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
     idle = common.memory_kib(operator_pid)
     started = time.monotonic()
     try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(CREATORS) as pool:
             list(pool.map(lambda i: create_sa(cluster, namespace, f"burst-{i}"), range(count)))
         created = time.monotonic() - started
         waiting.until(lambda: watcher.count() >= count, timeout=1800, interval=0.05, what=f"{count} Ready")
@@ -219,7 +222,7 @@ def burst_ready(cluster: harness.Cluster, namespace: str, count: int, operator_p
 
 def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: dict[str, Any]) -> dict[str, Any]:
     """The API server's floor under the burst, with the operator stopped: the same ``count`` creates from
-    8 threads, and for each account, as soon as it exists, the three writes the operator makes to make it
+    CREATORS threads, and for each account, as soon as it exists, the three writes the operator makes to make it
     Ready (a metadata patch as its finalizer, its token Secret, its status: ``status`` is a Ready
     account's) from as many threads as the operator's own client. No token is signed, nothing is read."""
     token = "x" * 900  # about a signed token's size
@@ -237,7 +240,7 @@ def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: di
         status_of("serviceaccounts", name, {"status": status})
 
     started = time.monotonic()
-    with ThreadPoolExecutor(grants_scale.FLOOR_THREADS) as writers, ThreadPoolExecutor(max_workers=8) as creators:
+    with ThreadPoolExecutor(grants_scale.FLOOR_THREADS) as writers, ThreadPoolExecutor(CREATORS) as creators:
 
         def create(i: int) -> Any:
             create_sa(cluster, namespace, f"floor-{i}")
@@ -252,7 +255,7 @@ def burst_floor(cluster: harness.Cluster, namespace: str, count: int, status: di
 
 def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
     # a connection for each of the floor's threads (beside the watches), as the operator's client has
-    connections = grants_scale.FLOOR_THREADS + 8
+    connections = grants_scale.FLOOR_THREADS + CREATORS
     with tempfile.TemporaryDirectory() as tmp, harness.local_cluster(Path(tmp) / "cp", pool=connections) as cluster:
         system = harness.create_namespace(cluster, "tessera-system")
         operator = harness.start_operator(
@@ -282,7 +285,7 @@ def cluster_bench(sequential: int, burst: int) -> dict[str, Any]:
         ready = cluster.custom_object(bursting, "serviceaccounts", "burst-0")["status"]
         bare = harness.create_namespace(cluster, "bare")
         started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(CREATORS) as pool:
             list(pool.map(lambda i: create_sa(cluster, bare, f"bare-{i}"), range(burst)))
         results["burst_bare_create_calls_s"] = time.monotonic() - started  # the same creates, nothing else running
         floor = burst_floor(cluster, harness.create_namespace(cluster, "floor"), burst, ready)

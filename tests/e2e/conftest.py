@@ -55,7 +55,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in own]
 
 
-_RUNNING: list[node.NodeInfo] = []  # the session's node while it runs, for failure reports
 NODE_LOG_TAIL = 40  # lines of each node agent's log shown with a failed test
 AGENT_LOGS = ("coredns", "kube-proxy", "kubelet")
 
@@ -67,9 +66,10 @@ def pytest_runtest_makereport(
     """A failed test shows the end of the node agents' logs (CoreDNS, kube-proxy, kubelet): the node's
     folder is gone once the session ends, and a Pod's failed lookup or connection is explained there."""
     result = yield
-    if result.failed and _RUNNING:
+    ours = None if EXISTING or not result.failed else node.running()
+    if ours is not None:
         for name in AGENT_LOGS:
-            log = _RUNNING[0].directory / "logs" / f"{name}.log"
+            log = ours.directory / "logs" / f"{name}.log"
             if log.is_file():
                 tail = log.read_text(errors="replace").splitlines()[-NODE_LOG_TAIL:]
                 result.sections.append((f"node {name} log (last {NODE_LOG_TAIL} lines)", "\n".join(tail)))
@@ -116,7 +116,6 @@ def our_node(e2e_images: kit.Images, report: dict[str, Any]) -> Iterator[node.No
     timings = report.setdefault("seconds", {})
     started = time.monotonic()
     info = node.start()
-    _RUNNING.append(info)
     try:
         timings["node start"] = round(time.monotonic() - started, 1)
         report["node start timings"] = info.timings
@@ -126,7 +125,6 @@ def our_node(e2e_images: kit.Images, report: dict[str, Any]) -> Iterator[node.No
         timings["image import into containerd"] = round(time.monotonic() - started, 1)
         yield info
     finally:
-        _RUNNING.clear()
         node.stop()
 
 

@@ -192,13 +192,16 @@ def run_caller(release: Release, pod: dict[str, Any], account: str) -> Caller:
     return dataclasses.replace(caller, serving_since=settled)
 
 
-LOOKUPS_RETRIED = "name lookups the cluster DNS failed and the callers retried, by test"
+DNS_WAITS = "calls that waited for the cluster DNS to answer again, by test and caller"
 
 
-def count_lookups_retried(report: dict[str, Any], test: str, calls: list[dict[str, Any]]) -> None:
-    """Report how often the callers' name lookups failed for now and were tried again (client.py):
-    not Tessera's doing, but not hidden either."""
-    report.setdefault(LOOKUPS_RETRIED, {})[test] = sum(c.get("lookups_retried", 0) for c in calls)
+def refused_since(report: dict[str, Any], test: str, caller: Caller, began: float) -> list[dict[str, Any]]:
+    """``caller``'s calls that were not allowed since ``began`` (or since it was first allowed, if later).
+    The calls that had to wait for the cluster DNS (client.py) are counted in the report: not Tessera's
+    doing, but not hidden either."""
+    calls = caller.calls(max(began, caller.serving_since))
+    report.setdefault(DNS_WAITS, {})[f"{test}, {caller.name}"] = sum("dns_waited_s" in c for c in calls)
+    return [c for c in calls if c["status"] != 200]
 
 
 SETTLED_RUN = 12  # calls in a row allowed: every ledger replica has the grant (kube-proxy picks at random)

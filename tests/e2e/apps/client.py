@@ -10,8 +10,9 @@
 
 Each line: the time, status, the sidecar's reason, and facts of the token sent (its kid, exp, iat and
 a digest, never the token): enough for the tests to tell a refresh, a key rotation or a revocation.
-A name lookup the cluster DNS could not answer for now (EAI_AGAIN) is tried again, at most twice, and
-the line counts it (``lookups_retried``): DNS is not what these tests are about, but they report it.
+When the cluster DNS cannot answer a lookup just now (EAI_AGAIN), the call waits until it answers again
+(at most DNS_WAIT seconds) and is made once more; its line says how long it waited (``dns_waited_s``):
+DNS is not what these tests are about, but they report it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
 
 
 def token_facts(token: str) -> dict[str, object]:
@@ -68,14 +70,37 @@ def exchange(endpoint: str, subject_token: str, ca_file: str, audience: str) -> 
     return token
 
 
-LOOKUP_RETRIES = 2  # a name lookup the cluster DNS could not answer just now is tried again, as
-LOOKUP_PAUSE = 0.5  # resolvers and HTTP clients do; the line counts it, so the tests can report it
+DNS_WAIT = 15.0  # the longest wait for the cluster DNS to answer again (glibc's own try: 2 x 5 s)
+DNS_POLL = 0.1  # between lookups while waiting (a refused lookup can come back at once)
 
 
 def lookup_failed_for_now(exc: OSError) -> bool:
-    """The cluster DNS did not answer in time (EAI_AGAIN): the DNS server's failure, not the ledger's."""
+    """The cluster DNS could not answer just now (EAI_AGAIN): the DNS server's failure, not the ledger's."""
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     return isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN
+
+
+def wait_for_dns(host: str, timeout: float = DNS_WAIT) -> float | None:
+    """Wait until ``host`` resolves again: the seconds waited, or None if it did not within ``timeout``
+    (or failed for good)."""
+    began = time.monotonic()
+    while True:
+        try:
+            socket.getaddrinfo(host, None)
+            return round(time.monotonic() - began, 2)
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_AGAIN or time.monotonic() - began > timeout:
+                return None
+        time.sleep(DNS_POLL)
+
+
+def send(request: urllib.request.Request) -> tuple[int, Message, bytes]:
+    """The status, headers and body of ``request``'s answer, a refusal included."""
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (http only, checked by call)
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
 
 
 def call(url: str, token: str | None, method: str) -> dict[str, object]:
@@ -87,23 +112,18 @@ def call(url: str, token: str | None, method: str) -> dict[str, object]:
         request.add_header("Authorization", f"Bearer {token}")
         facts = token_facts(token) if token else {"token": "empty"}
     started = time.time()
-    lookups_retried = 0
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (http only, checked above)
-                status, headers, body = response.status, response.headers, response.read()
-        except urllib.error.HTTPError as exc:
-            status, headers, body = exc.code, exc.headers, exc.read()
-        except OSError as exc:
-            if lookup_failed_for_now(exc) and lookups_retried < LOOKUP_RETRIES:
-                lookups_retried += 1
-                time.sleep(LOOKUP_PAUSE)
-                continue
-            return {"t": started, "status": 0, "error": str(exc), "lookups_retried": lookups_retried, **facts}
-        break
+    try:
+        status, headers, body = send(request)
+    except OSError as exc:
+        waited = wait_for_dns(request.host) if lookup_failed_for_now(exc) else None
+        if waited is None:
+            return {"t": started, "status": 0, "error": str(exc), **facts}
+        facts["dns_waited_s"] = waited
+        try:  # once more, now that the cluster DNS answers again
+            status, headers, body = send(request)
+        except OSError as again:
+            return {"t": started, "status": 0, "error": str(again), **facts}
     line: dict[str, object] = {"t": started, "status": status, "reason": headers.get("X-Tessera-Reason"), **facts}
-    if lookups_retried:
-        line["lookups_retried"] = lookups_retried
     try:
         line["body"] = json.loads(body)
     except ValueError:
